@@ -1,0 +1,30 @@
+"""Runner side of Mantis run events: publish rows and phase moves to a run's Redis log."""
+
+from .bridge import AsyncBridge, AsyncRunHandle, Bridge, RunHandle
+from .errors import (
+    BridgeError,
+    InvalidPhase,
+    InvalidPhaseMove,
+    InvalidRow,
+    InvalidRunId,
+    RunNotFound,
+    RunTerminal,
+    StoreNotConfigured,
+    TenantMismatch,
+)
+
+__all__ = [
+    "AsyncBridge",
+    "AsyncRunHandle",
+    "Bridge",
+    "BridgeError",
+    "InvalidPhase",
+    "InvalidPhaseMove",
+    "InvalidRow",
+    "InvalidRunId",
+    "RunHandle",
+    "RunNotFound",
+    "RunTerminal",
+    "StoreNotConfigured",
+    "TenantMismatch",
+]

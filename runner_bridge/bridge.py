@@ -1,0 +1,241 @@
+"""The runner-side publisher: sync ``Bridge`` and asyncio ``AsyncBridge``, same methods.
+
+Both take a ready Redis client (``from_url`` builds one), so a test can hand in another.
+"""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import Any, Self
+
+import redis
+import redis.asyncio as aredis
+from redis.exceptions import ResponseError
+
+from .calls import (
+    Call,
+    LogLimits,
+    SourcePosition,
+    append_call,
+    open_result,
+    open_run_call,
+    set_phase_call,
+    translate_error,
+    write_result,
+)
+from .calls import DEFAULT_MAXLEN, DEFAULT_RETENTION_S
+from .errors import InvalidPhase
+from .phases import TERMINAL_PHASES
+from .records import check_run_id
+from .store_url import resolve_redis_url
+
+
+def limits_from_env() -> LogLimits:
+    """MANTIS_STREAM_MAXLEN and MANTIS_RETENTION_S, as the service reads them."""
+    return LogLimits(
+        maxlen=_positive_int("MANTIS_STREAM_MAXLEN", DEFAULT_MAXLEN),
+        retention_s=_positive_int("MANTIS_RETENTION_S", DEFAULT_RETENTION_S),
+    )
+
+
+def _positive_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+def _finish_phase(phase: str) -> str:
+    if phase not in TERMINAL_PHASES:
+        raise InvalidPhase(f"finish() takes a terminal phase ({', '.join(sorted(TERMINAL_PHASES))})")
+    return phase
+
+
+class RunHandle:
+    """One run's writer, from ``Bridge.open_run``."""
+
+    def __init__(self, bridge: Bridge, run_id: str, tenant: str, phase: str) -> None:
+        self._bridge = bridge
+        self.run_id = run_id
+        self.tenant = tenant
+        self.phase_at_open = phase
+
+    def append(self, row: dict[str, Any], *, seq: int | None = None) -> str:
+        """Publish one row; with ``seq``, a repeat returns the first event's id."""
+        return self._bridge._write(self.run_id, append_call(self.run_id, row, self._bridge.limits, seq))
+
+    def set_phase(self, phase: str, *, halt_class: str | None = None) -> str:
+        """Move the run to ``phase``; returns the id of the last record written."""
+        call = set_phase_call(self.run_id, phase, self._bridge.limits, halt_class)
+        return self._bridge._write(self.run_id, call)
+
+    def finish(self, phase: str, *, halt_class: str | None = None) -> str:
+        """Move into a terminal phase; returns the terminal event's id."""
+        return self.set_phase(_finish_phase(phase), halt_class=halt_class)
+
+
+class Bridge:
+    """Sync publisher of run logs."""
+
+    def __init__(self, client: redis.Redis, *, limits: LogLimits | None = None) -> None:
+        self.client = client
+        self.limits = limits or limits_from_env()
+        self._scripts: dict[str, Any] = {}
+
+    @classmethod
+    def from_url(cls, url: str | None = None, *, limits: LogLimits | None = None) -> Bridge:
+        """Connect to ``url`` (else MANTIS_REDIS_URL, else the embedded store)."""
+        return cls(redis.Redis.from_url(resolve_redis_url(url)), limits=limits)
+
+    def open_run(self, run_id: str, *, tenant: str) -> RunHandle:
+        """Open (create in ``queued`` if new) the run and return its writer."""
+        phase, _created = open_result(self._run(run_id, open_run_call(run_id, tenant, self.limits)))
+        return RunHandle(self, run_id, tenant, phase)
+
+    def run(self, run_id: str) -> RunHandle:
+        """A writer for an existing run, without opening it (the ``phase`` CLI uses this)."""
+        return RunHandle(self, check_run_id(run_id), tenant="", phase="")
+
+    def write(self, run_id: str, call: Call) -> tuple[str | None, bool]:
+        """Run a prepared call; returns (event id, was a duplicate)."""
+        result = write_result(self._run(run_id, call))
+        return result.event_id, result.duplicate
+
+    def _write(self, run_id: str, call: Call) -> str:
+        event_id, _dup = self.write(run_id, call)
+        return event_id or ""
+
+    def _run(self, run_id: str, call: Call) -> Any:
+        source, keys, args = call
+        try:
+            return self._script(source)(keys=keys, args=args)
+        except ResponseError as exc:
+            raise translate_error(exc, run_id) from None
+
+    def _script(self, source: str) -> Any:
+        # Script objects hash their source once; keep one per script for the client's life.
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.client.register_script(source)
+        return script
+
+    def close(self) -> None:
+        """Close the Redis client."""
+        self.client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncRunHandle:
+    """One run's writer, from ``AsyncBridge.open_run``."""
+
+    def __init__(self, bridge: AsyncBridge, run_id: str, tenant: str, phase: str) -> None:
+        self._bridge = bridge
+        self.run_id = run_id
+        self.tenant = tenant
+        self.phase_at_open = phase
+
+    async def append(self, row: dict[str, Any], *, seq: int | None = None) -> str:
+        """Publish one row; with ``seq``, a repeat returns the first event's id."""
+        call = append_call(self.run_id, row, self._bridge.limits, seq)
+        return await self._bridge._write(self.run_id, call)
+
+    async def set_phase(self, phase: str, *, halt_class: str | None = None) -> str:
+        """Move the run to ``phase``; returns the id of the last record written."""
+        call = set_phase_call(self.run_id, phase, self._bridge.limits, halt_class)
+        return await self._bridge._write(self.run_id, call)
+
+    async def finish(self, phase: str, *, halt_class: str | None = None) -> str:
+        """Move into a terminal phase; returns the terminal event's id."""
+        return await self.set_phase(_finish_phase(phase), halt_class=halt_class)
+
+    async def append_many(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Publish rows in one pipelined round trip; each is still its own atomic step."""
+        calls = [append_call(self.run_id, row, self._bridge.limits) for row in rows]
+        return await self._bridge.write_many(self.run_id, calls)
+
+
+class AsyncBridge:
+    """Asyncio publisher of run logs."""
+
+    def __init__(self, client: aredis.Redis, *, limits: LogLimits | None = None) -> None:
+        self.client = client
+        self.limits = limits or limits_from_env()
+        self._scripts: dict[str, Any] = {}
+
+    @classmethod
+    def from_url(cls, url: str | None = None, *, limits: LogLimits | None = None) -> AsyncBridge:
+        """Connect to ``url`` (else MANTIS_REDIS_URL, else the embedded store)."""
+        return cls(aredis.Redis.from_url(resolve_redis_url(url)), limits=limits)
+
+    async def open_run(self, run_id: str, *, tenant: str) -> AsyncRunHandle:
+        """Open (create in ``queued`` if new) the run and return its writer."""
+        reply = await self._run(run_id, open_run_call(run_id, tenant, self.limits))
+        phase, _created = open_result(reply)
+        return AsyncRunHandle(self, run_id, tenant, phase)
+
+    def run(self, run_id: str) -> AsyncRunHandle:
+        """A writer for an existing run, without opening it."""
+        return AsyncRunHandle(self, check_run_id(run_id), tenant="", phase="")
+
+    async def write(self, run_id: str, call: Call) -> tuple[str | None, bool]:
+        """Run a prepared call; returns (event id, was a duplicate)."""
+        result = write_result(await self._run(run_id, call))
+        return result.event_id, result.duplicate
+
+    async def _write(self, run_id: str, call: Call) -> str:
+        event_id, _dup = await self.write(run_id, call)
+        return event_id or ""
+
+    async def write_many(self, run_id: str, calls: list[Call]) -> list[str]:
+        """Pipeline several prepared calls (no MULTI: each script is atomic on its own)."""
+        pipe = self.client.pipeline(transaction=False)
+        for source, keys, args in calls:
+            self._script(source)(keys=keys, args=args, client=pipe)
+        try:
+            replies = await pipe.execute()
+        except ResponseError as exc:
+            raise translate_error(exc, run_id) from None
+        return [write_result(reply).event_id or "" for reply in replies]
+
+    async def _run(self, run_id: str, call: Call) -> Any:
+        source, keys, args = call
+        try:
+            return await self._script(source)(keys=keys, args=args)
+        except ResponseError as exc:
+            raise translate_error(exc, run_id) from None
+
+    def _script(self, source: str) -> Any:
+        # Script objects hash their source once; keep one per script for the client's life.
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.client.register_script(source)
+        return script
+
+    async def aclose(self) -> None:
+        """Close the Redis client."""
+        await self.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+__all__ = ["AsyncBridge", "AsyncRunHandle", "Bridge", "RunHandle", "SourcePosition"]

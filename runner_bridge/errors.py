@@ -1,0 +1,37 @@
+"""Named errors of the runner bridge; each message says what was wrong."""
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge raises on purpose."""
+
+
+class InvalidRow(BridgeError, ValueError):
+    """A row that cannot be published (not an object, reserved kind, bad ts, too large)."""
+
+
+class InvalidRunId(BridgeError, ValueError):
+    """A run id outside ``[A-Za-z0-9_-]{1,128}``."""
+
+
+class InvalidPhase(BridgeError, ValueError):
+    """An unknown phase name, or a halt_class where none belongs."""
+
+
+class InvalidPhaseMove(BridgeError, ValueError):
+    """A move the phase graph does not allow (``complete -> running``, say); nothing written."""
+
+
+class RunTerminal(BridgeError, ValueError):
+    """A row or phase after the run's terminal record; nothing written."""
+
+
+class RunNotFound(BridgeError, LookupError):
+    """No log exists for that run (never opened, or expired)."""
+
+
+class TenantMismatch(BridgeError, PermissionError):
+    """The run exists and belongs to another tenant."""
+
+
+class StoreNotConfigured(BridgeError, RuntimeError):
+    """No Redis URL was given and no embedded store is running on this machine."""

@@ -1,0 +1,32 @@
+"""Every Redis key and channel of a run's log, named in one place.
+
+All of a run's keys share the ``{run_id}`` hash tag so that in Redis Cluster they live in
+one slot and a Lua script may touch them together.
+"""
+
+PREFIX = "mantis"
+
+
+def meta_key(run_id: str) -> str:
+    """Hash: tenant, phase, timestamps, halt_class, epoch, last event number, terminal."""
+    return f"{PREFIX}:{{{run_id}}}:meta"
+
+
+def log_key(run_id: str) -> str:
+    """Stream: the run's append-only event log; entry ids are ``<n>-0``."""
+    return f"{PREFIX}:{{{run_id}}}:log"
+
+
+def dedup_key(run_id: str) -> str:
+    """Hash: runner sequence number -> event number, for exactly-once ``append(seq=...)``."""
+    return f"{PREFIX}:{{{run_id}}}:dedup"
+
+
+def live_channel(run_id: str) -> str:
+    """Pub/sub channel on which every appended event is announced to the service pods."""
+    return f"{PREFIX}:{{{run_id}}}:live"
+
+
+def run_keys(run_id: str) -> list[str]:
+    """The keys every log script takes, in the order the scripts expect them."""
+    return [meta_key(run_id), log_key(run_id), dedup_key(run_id), live_channel(run_id)]

@@ -1,0 +1,323 @@
+"""The pod-wide subscription hub: one pub/sub connection, one encoding per event per pod.
+
+Every pod holds one Redis pub/sub connection (plus a fixed-size pool for reads). A run
+that has watchers on this pod is one ``Feed``: the hub SUBSCRIBEs to its live channel
+once, and each announced event is turned into SSE chunk bytes once, then written to each
+watching client's transport as is. An appended event therefore costs the pod no Redis
+command at all, whatever the number of its watchers.
+
+Clients are ``Subscriber`` objects with no task or timer of their own: one ticker per
+pod sends the heartbeat and ends streams at their soft limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import random
+import time
+
+import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from runner_bridge.keys import live_channel
+
+from .sse import PING_CHUNK, chunk, encode_event
+
+log = logging.getLogger("mantis.hub")
+
+# Why a stream ended, as the handler learns it from ``Subscriber.done``.
+TERMINAL = "terminal"
+SOFT_LIMIT = "soft_limit"
+CLOSED = "closed"
+SLOW = "slow_client"
+SHUTDOWN = "shutdown"
+STORE_LOST = "store_lost"
+RESYNC = "resync"
+
+_CONTROL_CHANNEL = "mantis:hub"
+
+
+class Subscriber:
+    """One streaming client: where its bytes go and the last event number it was sent."""
+
+    __slots__ = ("backlog_limit", "deadline", "done", "feed", "last_n", "min_t", "transport")
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        *,
+        last_n: int,
+        min_t: int | None,
+        deadline: float,
+        backlog_limit: int,
+    ) -> None:
+        self.transport = transport
+        self.last_n = last_n
+        self.min_t = min_t
+        self.deadline = deadline
+        self.backlog_limit = backlog_limit
+        self.feed: Feed | None = None
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    @property
+    def finished(self) -> bool:
+        return self.done.done()
+
+    def finish(self, reason: str) -> None:
+        """End this stream at the current event boundary (the handler closes the response)."""
+        if not self.done.done():
+            self.done.set_result(reason)
+
+    def send(self, data: bytes) -> bool:
+        """Write ready chunk bytes; cut the client if its unsent backlog passes the bound."""
+        transport = self.transport
+        if transport.is_closing():
+            self.finish(CLOSED)
+            return False
+        transport.write(data)
+        if transport.get_write_buffer_size() > self.backlog_limit:
+            # It resumes by cursor from its last whole event; nobody else waits for it.
+            transport.abort()
+            self.finish(SLOW)
+            return False
+        return True
+
+
+class Feed:
+    """One run watched on this pod: its channel and its live subscribers."""
+
+    __slots__ = ("channel", "id_prefix", "last_n", "ready", "run_id", "subscribers")
+
+    def __init__(self, run_id: str, id_prefix: bytes) -> None:
+        self.run_id = run_id
+        self.channel = live_channel(run_id).encode()
+        self.id_prefix = id_prefix
+        self.subscribers: list[Subscriber] = []
+        self.last_n = 0
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class Hub:
+    """Live fan-out for every stream of this pod."""
+
+    def __init__(self, client: aredis.Redis, *, heartbeat_s: float, stream_max_s: float) -> None:
+        self._client = client
+        self._heartbeat_s = heartbeat_s
+        self._stream_max_s = stream_max_s
+        self._pubsub: aredis.client.PubSub | None = None
+        self._feeds: dict[bytes, Feed] = {}
+        self._all: set[Subscriber] = set()
+        self._deadlines: list[tuple[float, int, Subscriber]] = []
+        self._order = itertools.count()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connected = asyncio.Event()
+        self.events_delivered = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the pub/sub connection and start the reader and the ticker."""
+        self._tasks = [
+            asyncio.create_task(self._read_forever(), name="hub-reader"),
+            asyncio.create_task(self._tick_forever(), name="hub-ticker"),
+        ]
+
+    async def stop(self) -> None:
+        """End every stream at an event boundary, then stop the background tasks."""
+        self.end_all(SHUTDOWN)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._all)
+
+    @property
+    def feed_count(self) -> int:
+        return len(self._feeds)
+
+    def deadline(self) -> float:
+        """A new stream's soft end: the limit less up to 10% jitter, so reconnects spread."""
+        return time.monotonic() + self._stream_max_s * (1.0 - 0.1 * random.random())
+
+    # -- subscribers -----------------------------------------------------------------
+
+    def track(self, sub: Subscriber) -> None:
+        """Count a stream for pings, soft limit and shutdown (replaying or live)."""
+        self._all.add(sub)
+        heapq.heappush(self._deadlines, (sub.deadline, next(self._order), sub))
+
+    async def watch(self, run_id: str, id_prefix: bytes) -> Feed:
+        """The run's feed, subscribed and confirmed: every event announced from now on arrives."""
+        channel = live_channel(run_id).encode()
+        feed = self._feeds.get(channel)
+        if feed is None:
+            feed = self._feeds[channel] = Feed(run_id, id_prefix)
+            try:
+                await asyncio.wait_for(self._connected.wait(), timeout=5.0)
+                if self._pubsub is None:
+                    raise RedisConnectionError("live connection not open")
+                await self._pubsub.subscribe(channel)
+            except BaseException:
+                self._feeds.pop(channel, None)
+                raise
+        await asyncio.shield(feed.ready)
+        return feed
+
+    def go_live(self, feed: Feed, sub: Subscriber) -> None:
+        """Start live delivery to ``sub``; call with no await since its replay caught up."""
+        sub.feed = feed
+        feed.subscribers.append(sub)
+
+    def release(self, sub: Subscriber) -> None:
+        """Forget a finished stream; the last watcher of a run unsubscribes its channel."""
+        self._all.discard(sub)
+        feed = sub.feed
+        if feed is None:
+            return
+        sub.feed = None
+        with contextlib.suppress(ValueError):
+            feed.subscribers.remove(sub)
+        if not feed.subscribers:
+            self._drop_feed(feed)
+
+    def unwatch_if_idle(self, feed: Feed) -> None:
+        """Drop a feed that ended up with no live subscriber (replay reached terminal)."""
+        if not feed.subscribers:
+            self._drop_feed(feed)
+
+    def _drop_feed(self, feed: Feed) -> None:
+        if self._feeds.get(feed.channel) is feed:
+            del self._feeds[feed.channel]
+            if self._pubsub is not None and self._connected.is_set():
+                asyncio.get_running_loop().create_task(self._unsubscribe(feed.channel))
+
+    async def _unsubscribe(self, channel: bytes) -> None:
+        if channel in self._feeds or self._pubsub is None:
+            return  # watched again meanwhile
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+            await self._pubsub.unsubscribe(channel)
+
+    def end_all(self, reason: str) -> None:
+        """End every stream of this pod (shutdown, or the live connection was lost)."""
+        for sub in list(self._all):
+            sub.finish(reason)
+
+    # -- the live path ---------------------------------------------------------------
+
+    def deliver(self, feed: Feed, payload: bytes) -> None:
+        """Fan one announced event out to the feed's live subscribers, encoded once."""
+        n_raw, t_raw, name, data = payload.split(b":", 3)
+        n = int(n_raw)
+        if n <= feed.last_n:
+            if n == 1:
+                # The log was lost and re-created: these clients' cursors belong to the old
+                # incarnation; they reconnect and get a gap event.
+                for sub in list(feed.subscribers):
+                    sub.finish(RESYNC)
+            return
+        feed.last_n = n
+        frame = chunk(encode_event(name, feed.id_prefix + b"%010d" % n, data))
+        is_terminal = name == b"terminal"
+        t = int(t_raw)
+        delivered = 0
+        for sub in feed.subscribers:
+            if n <= sub.last_n or sub.finished:
+                continue
+            if n != sub.last_n + 1:
+                # A live message went missing: this client cannot be served in order from
+                # here, so it resumes by cursor from the log instead.
+                sub.finish(RESYNC)
+                continue
+            sub.last_n = n
+            if sub.min_t is None or t > sub.min_t:
+                sub.send(frame)
+                delivered += 1
+            if is_terminal:
+                sub.finish(TERMINAL)
+        self.events_delivered += delivered
+
+    async def _read_forever(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._read_until_lost()
+            except asyncio.CancelledError:
+                raise
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning(
+                    "live connection to the store lost (%s); streams will resume",
+                    type(exc).__name__,
+                )
+            if self._connected.is_set():
+                backoff = 0.1  # it had been up: retry promptly
+            self._connected.clear()
+            # Events announced while we were away are not coming back on this channel:
+            # every stream ends at an event boundary and resumes by cursor from the log.
+            self.end_all(STORE_LOST)
+            for feed in self._feeds.values():
+                if not feed.ready.done():
+                    feed.ready.set_exception(RedisConnectionError("live connection lost"))
+                    feed.ready.exception()  # its waiter, if any, sees it; no "never retrieved"
+
+            self._feeds.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _read_until_lost(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        pubsub = self._client.pubsub()
+        self._pubsub = pubsub
+        await pubsub.subscribe(_CONTROL_CHANNEL)
+        self._connected.set()
+        feeds = self._feeds
+        while True:
+            message = await pubsub.parse_response(block=True)
+            if message is None:
+                continue
+            kind = message[0]
+            if kind == b"message":
+                feed = feeds.get(message[1])
+                if feed is not None:
+                    self.deliver(feed, message[2])
+            elif kind == b"subscribe":
+                feed = feeds.get(message[1])
+                if feed is not None and not feed.ready.done():
+                    feed.ready.set_result(None)
+
+    # -- the ticker ------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        tick = min(1.0, self._heartbeat_s / 2, self._stream_max_s / 10)
+        next_ping = time.monotonic() + self._heartbeat_s
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            self._expire(now)
+            if now >= next_ping:
+                next_ping = now + self._heartbeat_s
+                self._ping_all()
+
+    def _expire(self, now: float) -> None:
+        heap = self._deadlines
+        while heap and (heap[0][0] <= now or heap[0][2].finished):
+            _, _, sub = heapq.heappop(heap)
+            sub.finish(SOFT_LIMIT)
+
+    def _ping_all(self) -> None:
+        for sub in list(self._all):
+            if not sub.finished:
+                sub.send(PING_CHUNK)
+

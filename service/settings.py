@@ -1,0 +1,80 @@
+"""Service settings, read once from the environment (CONTRACT section 4)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from runner_bridge.calls import DEFAULT_MAXLEN, DEFAULT_RETENTION_S
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value the service cannot use; names the variable."""
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool = False) -> float:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise SettingsError(f"{name} must be {kind}, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
+    return value
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment."""
+
+    redis_url: str | None = None
+    tenant_tokens: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    heartbeat_s: float = 25.0
+    stream_max_s: float = 600.0
+    stream_maxlen: int = DEFAULT_MAXLEN
+    retention_s: int = DEFAULT_RETENTION_S
+    client_backlog_bytes: int = 1_048_576
+    cors_origins: tuple[str, ...] = ()
+    ticket_ttl_s: float = 300.0
+    redis_max_connections: int = 16
+    extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        # Settings carry secrets (tokens, a Redis password): never print them.
+        return (
+            f"Settings(host={self.host!r}, port={self.port}, redis={'set' if self.redis_url else 'embedded'}, "
+            f"heartbeat_s={self.heartbeat_s}, stream_max_s={self.stream_max_s})"
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read MANTIS_* variables; a bad value raises ``SettingsError`` naming it."""
+        env = os.environ if env is None else env
+        return cls(
+            redis_url=env.get("MANTIS_REDIS_URL") or None,
+            tenant_tokens=env.get("MANTIS_TENANT_TOKENS") or None,
+            host=env.get("MANTIS_HOST") or "127.0.0.1",
+            port=int(_number(env, "MANTIS_PORT", 8080, integer=True)),
+            heartbeat_s=_number(env, "MANTIS_HEARTBEAT_S", 25.0),
+            stream_max_s=_number(env, "MANTIS_STREAM_MAX_S", 600.0),
+            stream_maxlen=int(_number(env, "MANTIS_STREAM_MAXLEN", DEFAULT_MAXLEN, integer=True)),
+            retention_s=int(_number(env, "MANTIS_RETENTION_S", DEFAULT_RETENTION_S, integer=True)),
+            client_backlog_bytes=int(
+                _number(env, "MANTIS_CLIENT_BACKLOG_BYTES", 1_048_576, integer=True)
+            ),
+            cors_origins=_origins(env.get("MANTIS_CORS_ORIGINS", "")),
+            ticket_ttl_s=_number(env, "MANTIS_TICKET_TTL_S", 300.0),
+            redis_max_connections=int(
+                _number(env, "MANTIS_REDIS_MAX_CONNECTIONS", 16, integer=True)
+            ),
+        )

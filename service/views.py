@@ -1,0 +1,177 @@
+"""HTTP handlers: ``GET /v1/runs/{run_id}/events`` as an SSE stream or a JSON page."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from runner_bridge.ids import Cursor, TimeCursor, format_event_id, is_valid_run_id, parse_cursor
+
+from .appkeys import HUB, READER, SETTINGS, TOKENS
+from .errors import InvalidCursor, InvalidLimit, InvalidRunId, RunNotFound, Unauthorized
+from .hub import Subscriber
+from .resume import ResumePlan, plan_resume
+from .sse import RETRY, EventStreamResponse, event_json, gap_frame
+from .store import RunState
+from .stream import replay_then_live
+
+PAGE_DEFAULT = 1000
+PAGE_MAX = 10_000
+
+
+def tenant_of(request: web.Request) -> str:
+    """The authenticated tenant, or 401 (absent and unknown tokens look the same)."""
+    tenant = request.app[TOKENS].tenant_for(request.headers.get("X-Mantis-Token"))
+    if tenant is None:
+        raise Unauthorized("a valid X-Mantis-Token header is required")
+    return tenant
+
+
+def run_id_of(request: web.Request) -> str:
+    run_id = request.match_info["run_id"]
+    if not is_valid_run_id(run_id):
+        raise InvalidRunId("run_id must match [A-Za-z0-9_-]{1,128}")
+    return run_id
+
+
+def cursor_of(request: web.Request) -> Cursor:
+    """Last-Event-ID wins over ``since``; both take the same forms."""
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None:
+        raw = request.query.get("since", "")
+    try:
+        return parse_cursor(raw)
+    except ValueError as exc:
+        raise InvalidCursor(str(exc)) from None
+
+
+def wants_stream(request: web.Request) -> bool:
+    if request.query.get("sse", "").lower() in ("1", "true", "yes"):
+        return True
+    return "text/event-stream" in request.headers.get("Accept", "")
+
+
+async def load_run(request: web.Request, run_id: str, tenant: str) -> RunState:
+    """The run's state, or 404 when absent or another tenant's (indistinguishable)."""
+    state = await request.app[READER].state(run_id)
+    if state is None or state.tenant != tenant:
+        raise RunNotFound(f"no run {run_id!r} for this tenant")
+    return state
+
+
+async def resolve(request: web.Request, state: RunState, cursor: Cursor) -> ResumePlan:
+    terminal_t = None
+    if isinstance(cursor, TimeCursor) and state.terminal_n is not None:
+        entry = await request.app[READER].entry(state.run_id, state.terminal_n)
+        terminal_t = entry.t if entry is not None else None
+    return plan_resume(state, cursor, terminal_t)
+
+
+async def run_events(request: web.Request) -> web.StreamResponse:
+    """The run's events after the cursor: a live SSE stream, or a JSON page."""
+    tenant = tenant_of(request)
+    run_id = run_id_of(request)
+    cursor = cursor_of(request)
+    stream = wants_stream(request)
+    limit = PAGE_DEFAULT if stream else page_limit(request)
+    state = await load_run(request, run_id, tenant)
+    plan = await resolve(request, state, cursor)
+    if stream:
+        return await stream_events(request, state, plan)
+    return web.json_response(await page(request, state, plan, limit))
+
+
+async def stream_events(request: web.Request, state: RunState, plan: ResumePlan) -> web.StreamResponse:
+    if plan.finished:
+        # 204 is what makes a browser's EventSource stop reconnecting for good.
+        return web.Response(status=204, headers={"Cache-Control": "no-cache"})
+    hub = request.app[HUB]
+    settings = request.app[SETTINGS]
+    response = EventStreamResponse()
+    await response.prepare(request)
+    transport = request.transport
+    if transport is None:
+        return response
+    sub = Subscriber(
+        transport,  # type: ignore[arg-type]
+        last_n=plan.after_n,
+        min_t=plan.min_t,
+        deadline=hub.deadline(),
+        backlog_limit=settings.client_backlog_bytes,
+    )
+    hub.track(sub)
+    try:
+        head = RETRY
+        if plan.gap is not None:
+            head += gap_frame(state.run_id, plan.gap[0], plan.gap[1])
+        await response.write(head)
+        await replay_then_live(hub, request.app[READER], state, plan, sub, response.write)
+        await sub.done
+    finally:
+        hub.release(sub)
+    if not transport.is_closing():
+        try:
+            await response.write_eof()
+        except ConnectionError:
+            pass
+    return response
+
+
+def page_limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "")
+    if raw == "":
+        return PAGE_DEFAULT
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= PAGE_MAX:
+        raise InvalidLimit(f"limit must be an integer from 1 to {PAGE_MAX}, got {raw[:32]!r}")
+    return value
+
+
+async def page(request: web.Request, state: RunState, plan: ResumePlan, limit: int) -> dict[str, Any]:
+    """Up to ``limit`` events after the cursor, as the JSON page of the contract."""
+    reader = request.app[READER]
+    events: list[dict[str, Any]] = []
+    if plan.gap is not None:
+        events.append(
+            {"event": "gap", "id": None,
+             "data": {"run_id": state.run_id, "after": plan.gap[0], "resumed_from": plan.gap[1]}}
+        )
+    after = plan.after_n
+    done = plan.finished
+    wanted = limit
+    while not done and wanted > 0:
+        entries = await reader.after(state.run_id, after, min(wanted, 1000) if plan.min_t else wanted)
+        if not entries:
+            break
+        for entry in entries:
+            after = entry.n
+            if plan.min_t is not None and entry.t <= plan.min_t:
+                continue
+            event_id = format_event_id(state.epoch, entry.n)
+            events.append(event_json(entry.name.decode(), event_id, entry.data))
+            wanted -= 1
+            if entry.name == b"terminal":
+                done = True
+                break
+            if wanted == 0:
+                break
+    last_id = next((e["id"] for e in reversed(events) if e["id"]), None)
+    return {
+        "run_id": state.run_id,
+        "phase": state.phase,
+        "events": events,
+        "next_cursor": last_id or (format_event_id(state.epoch, after) if after else ""),
+        "done": done,
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness plus a few gauges; no secret, no store URL."""
+    hub = request.app[HUB]
+    await asyncio.wait_for(request.app[READER].client.ping(), timeout=2)
+    return web.json_response({"ok": True, "streams": hub.stream_count, "runs": hub.feed_count})
