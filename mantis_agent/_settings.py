@@ -83,7 +83,7 @@ class ClientSettings:
             # the server's pings keep a quiet stream open and a hung one ends.
             "timeout": httpx.Timeout(
                 self.connect_timeout_s,
-                read=None,
+                read=self.idle_timeout_s,
             ),
         }
 

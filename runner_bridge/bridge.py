@@ -9,11 +9,12 @@ import os
 from types import TracebackType
 from typing import Any, Self
 
-import redis
-import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import ResponseError
 
 from .calls import (
+    DEFAULT_MAXLEN,
+    DEFAULT_RETENTION_S,
     Call,
     LogLimits,
     SourcePosition,
@@ -24,7 +25,7 @@ from .calls import (
     translate_error,
     write_result,
 )
-from .calls import DEFAULT_MAXLEN, DEFAULT_RETENTION_S
+from .connect import AsyncClient, SyncClient, async_client, sync_client
 from .errors import InvalidPhase
 from .phases import TERMINAL_PHASES
 from .records import check_run_id
@@ -54,7 +55,9 @@ def _positive_int(name: str, default: int) -> int:
 
 def _finish_phase(phase: str) -> str:
     if phase not in TERMINAL_PHASES:
-        raise InvalidPhase(f"finish() takes a terminal phase ({', '.join(sorted(TERMINAL_PHASES))})")
+        raise InvalidPhase(
+            f"finish() takes a terminal phase ({', '.join(sorted(TERMINAL_PHASES))})"
+        )
     return phase
 
 
@@ -69,7 +72,9 @@ class RunHandle:
 
     def append(self, row: dict[str, Any], *, seq: int | None = None) -> str:
         """Publish one row; with ``seq``, a repeat returns the first event's id."""
-        return self._bridge._write(self.run_id, append_call(self.run_id, row, self._bridge.limits, seq))
+        return self._bridge._write(
+            self.run_id, append_call(self.run_id, row, self._bridge.limits, seq)
+        )
 
     def set_phase(self, phase: str, *, halt_class: str | None = None) -> str:
         """Move the run to ``phase``; returns the id of the last record written."""
@@ -84,7 +89,7 @@ class RunHandle:
 class Bridge:
     """Sync publisher of run logs."""
 
-    def __init__(self, client: redis.Redis, *, limits: LogLimits | None = None) -> None:
+    def __init__(self, client: SyncClient, *, limits: LogLimits | None = None) -> None:
         self.client = client
         self.limits = limits or limits_from_env()
         self._scripts: dict[str, Any] = {}
@@ -92,7 +97,7 @@ class Bridge:
     @classmethod
     def from_url(cls, url: str | None = None, *, limits: LogLimits | None = None) -> Bridge:
         """Connect to ``url`` (else MANTIS_REDIS_URL, else the embedded store)."""
-        return cls(redis.Redis.from_url(resolve_redis_url(url)), limits=limits)
+        return cls(sync_client(resolve_redis_url(url)), limits=limits)
 
     def open_run(self, run_id: str, *, tenant: str) -> RunHandle:
         """Open (create in ``queued`` if new) the run and return its writer."""
@@ -134,7 +139,10 @@ class Bridge:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -171,15 +179,34 @@ class AsyncRunHandle:
 class AsyncBridge:
     """Asyncio publisher of run logs."""
 
-    def __init__(self, client: aredis.Redis, *, limits: LogLimits | None = None) -> None:
-        self.client = client
+    def __init__(
+        self, client: AsyncClient | None = None, *, limits: LogLimits | None = None, url: str = ""
+    ) -> None:
+        if client is None and not url:
+            raise ValueError("AsyncBridge needs a client or a url")
+        self._client = client
+        self._url = url
         self.limits = limits or limits_from_env()
         self._scripts: dict[str, Any] = {}
+
+    @property
+    def client(self) -> AsyncClient:
+        """The Redis client (after the first call when built by ``from_url``)."""
+        if self._client is None:
+            raise RuntimeError("AsyncBridge has not connected yet")
+        return self._client
+
+    async def _connect(self) -> AsyncClient:
+        # from_url cannot await, and whether the URL names a cluster node is learnt by
+        # asking it: the client is made on first use.
+        if self._client is None:
+            self._client = await async_client(self._url)
+        return self._client
 
     @classmethod
     def from_url(cls, url: str | None = None, *, limits: LogLimits | None = None) -> AsyncBridge:
         """Connect to ``url`` (else MANTIS_REDIS_URL, else the embedded store)."""
-        return cls(aredis.Redis.from_url(resolve_redis_url(url)), limits=limits)
+        return cls(limits=limits, url=resolve_redis_url(url))
 
     async def open_run(self, run_id: str, *, tenant: str) -> AsyncRunHandle:
         """Open (create in ``queued`` if new) the run and return its writer."""
@@ -202,7 +229,11 @@ class AsyncBridge:
 
     async def write_many(self, run_id: str, calls: list[Call]) -> list[str]:
         """Pipeline several prepared calls (no MULTI: each script is atomic on its own)."""
-        pipe = self.client.pipeline(transaction=False)
+        client = await self._connect()
+        if isinstance(client, AsyncRedisCluster):
+            # Script pipelines differ on a cluster client; one run's keys share a node anyway.
+            return [await self._write(run_id, call) for call in calls]
+        pipe = client.pipeline(transaction=False)
         for source, keys, args in calls:
             self._script(source)(keys=keys, args=args, client=pipe)
         try:
@@ -213,6 +244,7 @@ class AsyncBridge:
 
     async def _run(self, run_id: str, call: Call) -> Any:
         source, keys, args = call
+        await self._connect()
         try:
             return await self._script(source)(keys=keys, args=args)
         except ResponseError as exc:
@@ -227,13 +259,17 @@ class AsyncBridge:
 
     async def aclose(self) -> None:
         """Close the Redis client."""
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.aclose()
 

@@ -26,7 +26,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     parser.add_argument("--demo", action="store_true", help="publish and stream a demo run")
     parser.add_argument(
-        "--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
         help="event loop (auto: uvloop when installed)",
     )
     return parser.parse_args(argv)

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aredis
 from aiohttp import web
 
-from .appkeys import HUB, READER, REDIS, SETTINGS, TOKENS
+from runner_bridge.connect import async_client, pubsub_client
+
+from .appkeys import HUB, READER, REDIS, SETTINGS, TICKETS, TOKENS
 from .auth import TokenTable
+from .cors import Cors
 from .errors import error_middleware
 from .hub import Hub
 from .settings import Settings
 from .store import LogReader
-from .views import health, run_events
-
-
-def redis_client(url: str, max_connections: int) -> aredis.Redis:
-    """A pod's Redis client: a bounded pool, so the pod's connection count is fixed."""
-    pool = aredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5, protocol=2, health_check_interval=30
-    )
-    return aredis.Redis(connection_pool=pool)
+from .tickets import ticket_book
+from .views import create_ticket, health, run_events
 
 
 def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Application:
@@ -29,14 +24,24 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[TOKENS] = tokens
-    app.router.add_get("/v1/runs/{run_id}/events", run_events)
+    app[TICKETS] = ticket_book(settings, tokens)
+    cors = Cors(settings.cors_origins)
+    cors.enable(app.router.add_get("/v1/runs/{run_id}/events", run_events).resource)
+    cors.enable(app.router.add_post("/v1/runs/{run_id}/tickets", create_ticket).resource)
+    cors.install(app)
     app.router.add_get("/healthz", health)
 
     async def redis_and_hub(app: web.Application) -> AsyncIterator[None]:
-        client = redis_client(redis_url, settings.redis_max_connections)
+        # A bounded pool for reads plus one pub/sub connection: the pod's connection count
+        # is fixed whatever the number of streams.
+        client = await async_client(redis_url, settings.redis_max_connections)
         app[REDIS] = client
         app[READER] = LogReader(client)
-        hub = Hub(client, heartbeat_s=settings.heartbeat_s, stream_max_s=settings.stream_max_s)
+        hub = Hub(
+            pubsub_client(redis_url),
+            heartbeat_s=settings.heartbeat_s,
+            stream_max_s=settings.stream_max_s,
+        )
         app[HUB] = hub
         await hub.start()
         yield

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import redis.asyncio as aredis
 from aiohttp import web
 
-from .auth import TokenTable
-from .settings import Settings
+from runner_bridge.connect import AsyncClient
 
-if TYPE_CHECKING:
-    from .hub import Hub
-    from .store import LogReader
+from .auth import TokenTable
+from .hub import Hub
+from .settings import Settings
+from .store import LogReader
+from .tickets import TicketBook
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenTable)
-REDIS = web.AppKey("redis", aredis.Redis)
-HUB = web.AppKey["Hub"]("hub")
-READER = web.AppKey["LogReader"]("reader")
+TICKETS = web.AppKey("tickets", TicketBook)
+REDIS: web.AppKey[AsyncClient] = web.AppKey("redis")
+HUB = web.AppKey("hub", Hub)
+READER = web.AppKey("reader", LogReader)

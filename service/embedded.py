@@ -35,8 +35,8 @@ class EmbeddedStore:
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("embedded store is not started")
-        host, port = self._server.server_address[:2]
-        return f"redis://{host}:{port}/0"
+        port = self._server.server_address[1]
+        return f"redis://{self._host}:{port}/0"
 
     def start(self) -> str:
         """Listen (on the default port, else any free one) and serve in a thread."""
@@ -46,7 +46,9 @@ class EmbeddedStore:
             server = TcpFakeServer((self._host, 0), server_type="redis")
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="embedded-store", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="embedded-store", daemon=True
+        )
         self._thread.start()
         return self.url
 

@@ -136,7 +136,8 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._pubsub is not None:
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._client.aclose()
 
     @property
     def stream_count(self) -> int:
@@ -277,7 +278,7 @@ class Hub:
     async def _read_until_lost(self) -> None:
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         pubsub = self._client.pubsub()
         self._pubsub = pubsub
         await pubsub.subscribe(_CONTROL_CHANNEL)
@@ -320,4 +321,3 @@ class Hub:
         for sub in list(self._all):
             if not sub.finished:
                 sub.send(PING_CHUNK)
-

@@ -46,13 +46,16 @@ class Settings:
     client_backlog_bytes: int = 1_048_576
     cors_origins: tuple[str, ...] = ()
     ticket_ttl_s: float = 300.0
+    ticket_max_life_s: float = 43_200.0
+    ticket_secret: str | None = field(default=None, repr=False)
     redis_max_connections: int = 16
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         # Settings carry secrets (tokens, a Redis password): never print them.
         return (
-            f"Settings(host={self.host!r}, port={self.port}, redis={'set' if self.redis_url else 'embedded'}, "
+            f"Settings(host={self.host!r}, port={self.port}, "
+            f"redis={'set' if self.redis_url else 'embedded'}, "
             f"heartbeat_s={self.heartbeat_s}, stream_max_s={self.stream_max_s})"
         )
 
@@ -74,6 +77,8 @@ class Settings:
             ),
             cors_origins=_origins(env.get("MANTIS_CORS_ORIGINS", "")),
             ticket_ttl_s=_number(env, "MANTIS_TICKET_TTL_S", 300.0),
+            ticket_max_life_s=_number(env, "MANTIS_TICKET_MAX_LIFE_S", 43_200.0),
+            ticket_secret=env.get("MANTIS_TICKET_SECRET") or None,
             redis_max_connections=int(
                 _number(env, "MANTIS_REDIS_MAX_CONNECTIONS", 16, integer=True)
             ),

@@ -5,11 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aredis
 
+from runner_bridge.connect import AsyncClient
 from runner_bridge.keys import log_key, meta_key
 
-_META_FIELDS = ("tenant", "phase", "epoch", "n", "terminal", "created_at", "updated_at", "halt_class")
+_META_FIELDS = (
+    "tenant",
+    "phase",
+    "epoch",
+    "n",
+    "terminal",
+    "created_at",
+    "updated_at",
+    "halt_class",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +67,8 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _entry(raw_id: bytes, fields: dict[bytes, bytes]) -> Entry:
+def _entry(raw_id: Any, fields: Any) -> Entry:
+    # Stream replies are untyped in redis-py; entries are ("<n>-0", {e, d, t}) as bytes.
     return Entry(
         n=int(raw_id.split(b"-", 1)[0]),
         t=int(fields.get(b"t", b"0")),
@@ -70,7 +80,7 @@ def _entry(raw_id: bytes, fields: dict[bytes, bytes]) -> Entry:
 class LogReader:
     """Reads over a ready async Redis client (a fixed-size pool shared by the whole pod)."""
 
-    def __init__(self, client: aredis.Redis) -> None:
+    def __init__(self, client: AsyncClient) -> None:
         self.client = client
 
     async def state(self, run_id: str) -> RunState | None:
@@ -100,10 +110,12 @@ class LogReader:
 
     async def entry(self, run_id: str, n: int) -> Entry | None:
         """Event number ``n``, if still retained."""
-        found = await self.client.xrange(log_key(run_id), f"{n}-0", f"{n}-0")
+        found: Any = await self.client.xrange(log_key(run_id), f"{n}-0", f"{n}-0")
         return _entry(*found[0]) if found else None
 
     async def after(self, run_id: str, after_n: int, count: int) -> list[Entry]:
         """Up to ``count`` events after event number ``after_n``, in log order."""
-        found = await self.client.xrange(log_key(run_id), f"{after_n + 1}-0", "+", count=count)
+        found: Any = await self.client.xrange(
+            log_key(run_id), f"{after_n + 1}-0", "+", count=count
+        )
         return [_entry(raw_id, fields) for raw_id, fields in found]

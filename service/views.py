@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from aiohttp import web
@@ -83,7 +84,9 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     return web.json_response(await page(request, state, plan, limit))
 
 
-async def stream_events(request: web.Request, state: RunState, plan: ResumePlan) -> web.StreamResponse:
+async def stream_events(
+    request: web.Request, state: RunState, plan: ResumePlan
+) -> web.StreamResponse:
     if plan.finished:
         # 204 is what makes a browser's EventSource stop reconnecting for good.
         return web.Response(status=204, headers={"Cache-Control": "no-cache"})
@@ -95,7 +98,7 @@ async def stream_events(request: web.Request, state: RunState, plan: ResumePlan)
     if transport is None:
         return response
     sub = Subscriber(
-        transport,  # type: ignore[arg-type]
+        transport,
         last_n=plan.after_n,
         min_t=plan.min_t,
         deadline=hub.deadline(),
@@ -112,10 +115,8 @@ async def stream_events(request: web.Request, state: RunState, plan: ResumePlan)
     finally:
         hub.release(sub)
     if not transport.is_closing():
-        try:
+        with contextlib.suppress(ConnectionError):
             await response.write_eof()
-        except ConnectionError:
-            pass
     return response
 
 
@@ -132,20 +133,27 @@ def page_limit(request: web.Request) -> int:
     return value
 
 
-async def page(request: web.Request, state: RunState, plan: ResumePlan, limit: int) -> dict[str, Any]:
+async def page(
+    request: web.Request, state: RunState, plan: ResumePlan, limit: int
+) -> dict[str, Any]:
     """Up to ``limit`` events after the cursor, as the JSON page of the contract."""
     reader = request.app[READER]
     events: list[dict[str, Any]] = []
     if plan.gap is not None:
         events.append(
-            {"event": "gap", "id": None,
-             "data": {"run_id": state.run_id, "after": plan.gap[0], "resumed_from": plan.gap[1]}}
+            {
+                "event": "gap",
+                "id": None,
+                "data": {"run_id": state.run_id, "after": plan.gap[0], "resumed_from": plan.gap[1]},
+            }
         )
     after = plan.after_n
     done = plan.finished
     wanted = limit
     while not done and wanted > 0:
-        entries = await reader.after(state.run_id, after, min(wanted, 1000) if plan.min_t else wanted)
+        entries = await reader.after(
+            state.run_id, after, min(wanted, 1000) if plan.min_t else wanted
+        )
         if not entries:
             break
         for entry in entries:

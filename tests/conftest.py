@@ -98,9 +98,7 @@ class Service:
 
 
 @pytest.fixture
-def make_service(
-    aiohttp_client: Callable[..., Any], store_url: str
-) -> Callable[..., Any]:
+def make_service(aiohttp_client: Callable[..., Any], store_url: str) -> Callable[..., Any]:
     """Start the app in-process on 127.0.0.1 over ``store_url``, with settings overrides."""
 
     async def start(**overrides: Any) -> Service:
@@ -157,8 +155,11 @@ def spawn_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
         log = tmp_path / f"service-{port}.log"
         handle = log.open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service", *args], cwd=ROOT, env=env,
-            stdout=handle, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "service", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
         )
         handle.close()
         sp = ServiceProcess(base=f"http://127.0.0.1:{port}", port=port, proc=proc, log=log)

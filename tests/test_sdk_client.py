@@ -32,7 +32,7 @@ from mantis_agent import (
     Unauthorized,
 )
 from mantis_agent._follow import Backoff, Follower
-from mantis_agent._wire import parse_retry_after
+from mantis_agent._wire import Connection, Outcome, parse_retry_after
 from mantis_agent.client import MantisClient
 
 TOKEN = "tok-S3CRET-7f1e9a"
@@ -40,6 +40,7 @@ RUN = "r1"
 MAX_CONNECTIONS = 10  # a client that reconnects more often than this is looping
 
 Writer = Callable[[web.StreamResponse, list[dict[str, Any]]], Awaitable[None]]
+STALL = object()  # script marker: accept the connection, send no headers at all
 
 
 def make_log(rows: int = 3, halt_class: str | None = None) -> list[dict[str, Any]]:
@@ -87,14 +88,18 @@ def send(count: int | None = None) -> Writer:
 class FakeService:
     """One run's event endpoint; connection n follows `script[n]`, then plain streaming."""
 
-    def __init__(
-        self, log: list[dict[str, Any]], script: list[Writer | web.Response] | None = None
-    ) -> None:
+    def __init__(self, log: list[dict[str, Any]], script: list[Any] | None = None) -> None:
         self.log = log
         self.script = list(script or [])
         self.requests: list[dict[str, str | None]] = []
         self.retry_ms = 20  # the service sends 2000; tests keep reconnects quick
         self.new_request = asyncio.Event()
+
+    async def stalled(self) -> None:
+        """Send nothing at all until the client reconnects (or 5 s pass)."""
+        released = self.new_request
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(released.wait(), 5)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(
@@ -109,6 +114,9 @@ class FakeService:
         if len(self.requests) > MAX_CONNECTIONS:
             return error(410, "too_many", "test bound on reconnects exceeded")
         step = self.script.pop(0) if self.script else send()
+        if step is STALL:
+            await self.stalled()
+            return web.Response(status=204)  # never read: the client gave up already
         if isinstance(step, web.Response):
             return step
         if request.headers.get("X-Mantis-Token") != TOKEN:
@@ -144,9 +152,7 @@ def hang_after(count: int, service: FakeService) -> Writer:
 
     async def write(resp: web.StreamResponse, pending: list[dict[str, Any]]) -> None:
         await send(count)(resp, pending)
-        released = service.new_request
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(released.wait(), 5)
+        await service.stalled()
 
     return write
 
@@ -363,6 +369,18 @@ async def test_follow_reconnects_after_hung_connection(connect):
     assert [r["since"] for r in service.requests] == [None, "2-0"]
 
 
+async def test_no_response_headers_counts_as_hung_too(connect):
+    log = make_log(rows=1)
+    service = FakeService(log, script=[STALL])
+    driver = await connect(service, idle_timeout_s=0.3)
+
+    assert await driver.collect("stream_events", RUN) == []
+    events = await driver.collect("follow", RUN, max_attempts=2)
+
+    assert strip(events) == log
+    assert len(service.requests) == 2
+
+
 async def test_pings_keep_a_slow_stream_alive(connect):
     log = make_log(rows=1)
 
@@ -531,6 +549,24 @@ def test_backoff_jitter_spans_the_whole_range():
     delays = [backoff.next_delay() for _ in range(200)]
     assert all(0 <= d <= 1.0 for d in delays)
     assert min(delays) < 0.1 and max(delays) > 0.9  # full jitter, not base ± a little
+
+
+def test_follower_takes_base_from_server_retry_and_resets_after_success():
+    follower = Follower(RUN, "", max_attempts=3, backoff_base_s=2, backoff_cap_s=30, rng=Ceiling())
+    closed = Connection(outcome=Outcome.CLOSED, established=True, retry_ms=500)
+    idle = Connection(outcome=Outcome.IDLE, established=True)
+    delivered = Connection(outcome=Outcome.DROPPED, established=True, events=1)
+
+    assert follower.after_stream(closed) == 0.5  # base is now the server's retry: 500
+    assert follower.after_stream(idle) == 1.0  # failures double it
+    assert follower.after_stream(idle) == 2.0
+    assert follower.after_stream(delivered) == 0.5  # a connection that delivered resets
+    assert follower.after_stream(Connection(outcome=Outcome.TERMINAL)) is None
+    assert follower.after_stream(Connection(outcome=Outcome.NO_CONTENT)) is None
+    follower.after_stream(idle)
+    follower.after_stream(idle)
+    with pytest.raises(MantisConnectionError, match="3 consecutive attempts"):
+        follower.after_stream(idle)
 
 
 def test_follower_honours_retry_after_and_bounds_attempts():
