@@ -115,6 +115,7 @@ class Hub:
         self._deadlines: list[tuple[float, int, Subscriber]] = []
         self._order = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribing: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
         self.events_delivered = 0
 
@@ -201,7 +202,9 @@ class Hub:
         if self._feeds.get(feed.channel) is feed:
             del self._feeds[feed.channel]
             if self._pubsub is not None and self._connected.is_set():
-                asyncio.get_running_loop().create_task(self._unsubscribe(feed.channel))
+                task = asyncio.get_running_loop().create_task(self._unsubscribe(feed.channel))
+                self._unsubscribing.add(task)  # keep a reference until it is done
+                task.add_done_callback(self._unsubscribing.discard)
 
     async def _unsubscribe(self, channel: bytes) -> None:
         if channel in self._feeds or self._pubsub is None:
