@@ -6,6 +6,7 @@ Redis Cluster; which one it is can only be learnt by asking the node (``INFO clu
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import redis
@@ -16,6 +17,17 @@ from redis.exceptions import ResponseError
 
 SyncClient = redis.Redis | RedisCluster
 AsyncClient = aredis.Redis | AsyncRedisCluster
+
+
+_KEEPALIVE = {
+    option: value
+    for option, value in (
+        (getattr(socket, "TCP_KEEPIDLE", None), 30),
+        (getattr(socket, "TCP_KEEPINTVL", None), 10),
+        (getattr(socket, "TCP_KEEPCNT", None), 3),
+    )
+    if option is not None
+}
 
 
 def _cluster_enabled(info: dict[str, Any]) -> bool:
@@ -56,9 +68,15 @@ async def async_client(url: str, max_connections: int | None = None) -> AsyncCli
     # A blocking pool: past the bound, a request waits for a connection instead of opening
     # one more, so the pod's connection count stays fixed under any load.
     pool = aredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5, health_check_interval=30
+        url,
+        max_connections=max_connections,
+        timeout=5,
+        health_check_interval=30,
+        # An unreachable store must turn into a prompt 503, not a hung request.
+        socket_connect_timeout=2,
+        socket_timeout=10,
     )
-    return aredis.Redis(connection_pool=pool)
+    return aredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
 def pubsub_client(url: str) -> aredis.Redis:
@@ -68,4 +86,11 @@ def pubsub_client(url: str) -> aredis.Redis:
     hears every run's announcements.
     """
     # RESP2 framing: the hub reads raw replies ([b"message", channel, data]) for speed.
-    return aredis.Redis.from_url(url, protocol=2)
+    # The connection may be silent for long; TCP keepalive finds a store that vanished.
+    return aredis.Redis.from_url(
+        url,
+        protocol=2,
+        socket_connect_timeout=2,
+        socket_keepalive=True,
+        socket_keepalive_options=_KEEPALIVE,
+    )

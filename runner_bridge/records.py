@@ -39,13 +39,21 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+def _label(row: dict[str, Any]) -> tuple[str, object]:
+    """The field that names a row and its value: ``kind``, or ``type`` lacking a kind."""
+    kind = row.get("kind")
+    if kind is not None:
+        return "kind", kind
+    return "type", row.get("type")
+
+
 def event_name_for(row: dict[str, Any]) -> str:
     """The SSE event name of a row: its ``kind``, else ``type``, else ``message``.
 
     Anything that is not a short token becomes ``message``, so no runner value can
     break the SSE framing.
     """
-    name = row.get("kind", row.get("type"))
+    _field, name = _label(row)
     if isinstance(name, str) and _EVENT_NAME_RE.fullmatch(name):
         return name
     return "message"
@@ -55,9 +63,8 @@ def row_record(row: object) -> Record:
     """Validate a runner row and return its record; ``InvalidRow`` says what is wrong."""
     if not isinstance(row, dict):
         raise InvalidRow(f"a row must be a JSON object, got {type(row).__name__}")
-    label = row.get("kind", row.get("type"))
+    field, label = _label(row)
     if isinstance(label, str) and label in RESERVED_EVENT_NAMES:
-        field = "kind" if "kind" in row else "type"
         raise InvalidRow(
             f"row {field} {label!r} is reserved for the service's own lifecycle events"
         )

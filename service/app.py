@@ -6,15 +6,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from runner_bridge.connect import async_client, pubsub_client
+from runner_bridge.connect import pubsub_client
 
-from .appkeys import HUB, READER, REDIS, SETTINGS, TICKETS, TOKENS
+from .appkeys import HUB, READER, SETTINGS, STORE, TICKETS, TOKENS
 from .auth import TokenTable
 from .cors import Cors
 from .errors import error_middleware
 from .hub import Hub
+from .runs import cancel_run, get_run
 from .settings import Settings
 from .store import LogReader
+from .store_client import StoreClient
 from .tickets import ticket_book
 from .views import create_ticket, health, run_events
 
@@ -26,17 +28,19 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
     app[TOKENS] = tokens
     app[TICKETS] = ticket_book(settings, tokens)
     cors = Cors(settings.cors_origins)
-    cors.enable(app.router.add_get("/v1/runs/{run_id}/events", run_events).resource)
-    cors.enable(app.router.add_post("/v1/runs/{run_id}/tickets", create_ticket).resource)
+    cors.enable(app.router.add_get("/v1/runs/{run_id}/events", run_events))
+    cors.enable(app.router.add_post("/v1/runs/{run_id}/tickets", create_ticket))
     cors.install(app)
+    app.router.add_get("/v1/runs/{run_id}", get_run)
+    app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)
     app.router.add_get("/healthz", health)
 
     async def redis_and_hub(app: web.Application) -> AsyncIterator[None]:
         # A bounded pool for reads plus one pub/sub connection: the pod's connection count
         # is fixed whatever the number of streams.
-        client = await async_client(redis_url, settings.redis_max_connections)
-        app[REDIS] = client
-        app[READER] = LogReader(client)
+        store = StoreClient(redis_url, settings.redis_max_connections)
+        app[STORE] = store
+        app[READER] = LogReader(store)
         hub = Hub(
             pubsub_client(redis_url),
             heartbeat_s=settings.heartbeat_s,
@@ -46,7 +50,7 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
         await hub.start()
         yield
         await hub.stop()
-        await client.aclose()
+        await store.aclose()
 
     async def end_streams(app: web.Application) -> None:
         # Before the server stops: streams end at an event boundary so clients resume

@@ -13,7 +13,7 @@ from aiohttp import web
 from runner_bridge import AsyncBridge, BridgeError, InvalidPhaseMove, RunTerminal
 from runner_bridge.calls import LogLimits
 
-from .appkeys import READER, REDIS, SETTINGS, TOKENS
+from .appkeys import READER, SETTINGS, STORE, TOKENS
 from .errors import Conflict, Unauthorized
 from .views import load_run, run_id_of
 
@@ -40,7 +40,7 @@ async def cancel_run(request: web.Request) -> web.Response:
     await load_run(request, run_id, tenant)
     settings = request.app[SETTINGS]
     limits = LogLimits(maxlen=settings.stream_maxlen, retention_s=settings.retention_s)
-    bridge = AsyncBridge(request.app[REDIS], limits=limits)
+    bridge = AsyncBridge(await request.app[STORE].get(), limits=limits)
     try:
         event_id = await bridge.run(run_id).finish("cancelled")
     except (InvalidPhaseMove, RunTerminal) as exc:

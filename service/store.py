@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
-from runner_bridge.connect import AsyncClient
 from runner_bridge.keys import log_key, meta_key
+
+from .store_client import StoreClient
 
 _META_FIELDS = (
     "tenant",
@@ -80,12 +80,16 @@ def _entry(raw_id: Any, fields: Any) -> Entry:
 class LogReader:
     """Reads over a ready async Redis client (a fixed-size pool shared by the whole pod)."""
 
-    def __init__(self, client: AsyncClient) -> None:
-        self.client = client
+    def __init__(self, store: StoreClient) -> None:
+        self.store = store
+
+    async def ping(self) -> None:
+        """Raise if the store cannot be reached."""
+        await (await self.store.get()).ping()
 
     async def state(self, run_id: str) -> RunState | None:
         """The run's state and its first retained entry, in one round trip; None if absent."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = (await self.store.get()).pipeline(transaction=False)
         pipe.hmget(meta_key(run_id), _META_FIELDS)
         pipe.xrange(log_key(run_id), "-", "+", count=1)
         values, first = await pipe.execute()
@@ -110,12 +114,14 @@ class LogReader:
 
     async def entry(self, run_id: str, n: int) -> Entry | None:
         """Event number ``n``, if still retained."""
-        found: Any = await self.client.xrange(log_key(run_id), f"{n}-0", f"{n}-0")
+        client = await self.store.get()
+        found: Any = await client.xrange(log_key(run_id), f"{n}-0", f"{n}-0")
         return _entry(*found[0]) if found else None
 
     async def after(self, run_id: str, after_n: int, count: int) -> list[Entry]:
         """Up to ``count`` events after event number ``after_n``, in log order."""
-        found: Any = await self.client.xrange(
+        client = await self.store.get()
+        found: Any = await client.xrange(
             log_key(run_id), f"{after_n + 1}-0", "+", count=count
         )
         return [_entry(raw_id, fields) for raw_id, fields in found]

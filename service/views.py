@@ -10,21 +10,38 @@ from aiohttp import web
 
 from runner_bridge.ids import Cursor, TimeCursor, format_event_id, is_valid_run_id, parse_cursor
 
-from .appkeys import HUB, READER, SETTINGS, TOKENS
+from .appkeys import HUB, READER, SETTINGS, TICKETS, TOKENS
 from .errors import InvalidCursor, InvalidLimit, InvalidRunId, RunNotFound, Unauthorized
 from .hub import Subscriber
 from .resume import ResumePlan, plan_resume
 from .sse import RETRY, EventStreamResponse, event_json, gap_frame
 from .store import RunState
 from .stream import replay_then_live
+from .tickets import ExpiredTicket, InvalidTicket
 
 PAGE_DEFAULT = 1000
 PAGE_MAX = 10_000
 
 
-def tenant_of(request: web.Request) -> str:
-    """The authenticated tenant, or 401 (absent and unknown tokens look the same)."""
-    tenant = request.app[TOKENS].tenant_for(request.headers.get("X-Mantis-Token"))
+def tenant_of(request: web.Request, *, allow_ticket: bool = False) -> str:
+    """The authenticated tenant, or 401 (absent and unknown tokens look the same).
+
+    ``allow_ticket`` (read-only endpoints of one run only): without the header, a
+    ``ticket`` query parameter issued for the run in the URL is accepted; a stream
+    reconnecting with ``Last-Event-ID`` may use it until the ticket's max lifetime.
+    """
+    token = request.headers.get("X-Mantis-Token")
+    ticket = request.query.get("ticket") if allow_ticket else None
+    if token is None and ticket:
+        resuming = bool(request.headers.get("Last-Event-ID", "").strip()) and wants_stream(request)
+        run_id = request.match_info["run_id"]
+        try:
+            return request.app[TICKETS].verify(ticket, run_id, resuming=resuming)
+        except ExpiredTicket:
+            raise Unauthorized("the ticket has expired; request a new one") from None
+        except InvalidTicket:
+            raise Unauthorized("the ticket is not valid for this run") from None
+    tenant = request.app[TOKENS].tenant_for(token)
     if tenant is None:
         raise Unauthorized("a valid X-Mantis-Token header is required")
     return tenant
@@ -72,7 +89,7 @@ async def resolve(request: web.Request, state: RunState, cursor: Cursor) -> Resu
 
 async def run_events(request: web.Request) -> web.StreamResponse:
     """The run's events after the cursor: a live SSE stream, or a JSON page."""
-    tenant = tenant_of(request)
+    tenant = tenant_of(request, allow_ticket=True)
     run_id = run_id_of(request)
     cursor = cursor_of(request)
     stream = wants_stream(request)
@@ -82,6 +99,20 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     if stream:
         return await stream_events(request, state, plan)
     return web.json_response(await page(request, state, plan, limit))
+
+
+async def create_ticket(request: web.Request) -> web.Response:
+    """``POST /v1/runs/{run_id}/tickets``: a short-lived, read-only ticket for this run's events."""
+    tenant = tenant_of(request)
+    run_id = run_id_of(request)
+    await load_run(request, run_id, tenant)
+    ticket = request.app[TICKETS].issue(tenant, run_id)
+    return web.json_response(
+        {"ticket": ticket.token, "run_id": run_id, "expires_at": ticket.expires_at_iso()},
+        status=201,
+        # A credential: not for any cache, and not to be sent on as a Referer.
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )
 
 
 async def stream_events(
@@ -181,5 +212,5 @@ async def page(
 async def health(request: web.Request) -> web.Response:
     """Liveness plus a few gauges; no secret, no store URL."""
     hub = request.app[HUB]
-    await asyncio.wait_for(request.app[READER].client.ping(), timeout=2)
+    await asyncio.wait_for(request.app[READER].ping(), timeout=2)
     return web.json_response({"ok": True, "streams": hub.stream_count, "runs": hub.feed_count})

@@ -1,0 +1,166 @@
+"""Stream tickets: short-lived, run-scoped, read-only credentials a browser can put in a URL.
+
+A browser's ``EventSource`` cannot send headers, so a dashboard's backend (which holds the
+tenant token) asks ``POST /v1/runs/{run_id}/tickets`` for a ticket and hands the page
+``/v1/runs/{run_id}/events?ticket=...``. A ticket is stateless, so any pod verifies it:
+
+    v1.<base64url(JSON [tenant, issued_ms, expires_ms])>.<base64url(HMAC-SHA256)>
+
+The MAC covers the version, the payload and the run id (which the URL carries, so the
+ticket does not repeat it). The key is ``MANTIS_TICKET_SECRET`` when set, else derived
+from the tenant token digests, so pods configured with the same ``MANTIS_TENANT_TOKENS``
+agree (in any order, tokens in clear or as ``sha256:``).
+
+Lifetime: a *fresh* connection needs an unexpired ticket (``MANTIS_TICKET_TTL_S``). An
+``EventSource`` reconnects with the same URL, adding ``Last-Event-ID``; such a resuming
+stream is accepted until ``MANTIS_TICKET_MAX_LIFE_S`` after issue, so a long run is not
+cut off when its page's ticket ages out mid-run.
+
+Pure: no I/O, the clock is a parameter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import orjson
+
+if TYPE_CHECKING:
+    from .auth import TokenTable
+    from .settings import Settings
+
+VERSION = "v1"
+_KEY_LABEL = b"mantis-ticket-key-v1\0"
+
+
+class InvalidTicket(ValueError):
+    """The ticket is malformed, forged, for another run, or unknown to this deployment."""
+
+
+class ExpiredTicket(InvalidTicket):
+    """The ticket was genuine but its lifetime for this kind of request is over."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """An issued ticket: the opaque string and when it stops opening fresh streams."""
+
+    token: str = field(repr=False)
+    run_id: str
+    tenant: str
+    expires_at: float
+
+    def expires_at_iso(self) -> str:
+        """``expires_at`` as UTC ISO-8601 with milliseconds and ``Z``."""
+        moment = datetime.fromtimestamp(self.expires_at, tz=UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def derive_key(secret: str | None, token_digests: Iterable[tuple[str, bytes]]) -> bytes:
+    """The MAC key: from ``secret`` when given, else from the (tenant, token digest) pairs.
+
+    The pairs are sorted so pods agree whatever the order of MANTIS_TENANT_TOKENS.
+    """
+    if secret:
+        return hashlib.sha256(_KEY_LABEL + b"secret\0" + secret.encode()).digest()
+    material = b"".join(
+        tenant.encode() + b"\0" + token_digest for tenant, token_digest in sorted(token_digests)
+    )
+    return hashlib.sha256(_KEY_LABEL + b"tokens\0" + material).digest()
+
+
+class TicketBook:
+    """Issues and verifies tickets with one key; every pod with the same key agrees."""
+
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        tenants: Iterable[str],
+        ttl_s: float,
+        max_life_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._key = key
+        self._tenants = frozenset(tenants)
+        self.ttl_s = ttl_s
+        self.max_life_s = max(max_life_s, ttl_s)
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"TicketBook(ttl_s={self.ttl_s}, max_life_s={self.max_life_s})"
+
+    def _mac(self, payload: str, run_id: str) -> bytes:
+        message = f"{VERSION}.{payload}.{run_id}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def issue(self, tenant: str, run_id: str, *, now: float | None = None) -> Ticket:
+        """A ticket for ``tenant`` to read ``run_id``'s events, valid for ``ttl_s``."""
+        issued_ms = int((self._clock() if now is None else now) * 1000)
+        expires_ms = issued_ms + max(1, int(self.ttl_s * 1000))
+        payload = _b64(orjson.dumps([tenant, issued_ms, expires_ms]))
+        token = f"{VERSION}.{payload}.{_b64(self._mac(payload, run_id))}"
+        return Ticket(token=token, run_id=run_id, tenant=tenant, expires_at=expires_ms / 1000)
+
+    def verify(
+        self, token: str, run_id: str, *, resuming: bool = False, now: float | None = None
+    ) -> str:
+        """The tenant a genuine ticket for ``run_id`` speaks for.
+
+        ``resuming`` (a stream reconnecting with ``Last-Event-ID``) extends the lifetime
+        to ``max_life_s`` after issue. Raises ``InvalidTicket`` or ``ExpiredTicket``.
+        """
+        version, _, rest = token.partition(".")
+        payload, _, mac_text = rest.partition(".")
+        if version != VERSION or not payload or not mac_text or len(token) > 1024:
+            raise InvalidTicket("malformed ticket")
+        try:
+            presented = _unb64(mac_text)
+        except (binascii.Error, ValueError):
+            raise InvalidTicket("malformed ticket") from None
+        # Check the MAC before reading anything the holder wrote.
+        if not hmac.compare_digest(presented, self._mac(payload, run_id)):
+            raise InvalidTicket("ticket not valid for this run")
+        try:
+            tenant, issued_ms, expires_ms = orjson.loads(_unb64(payload))
+        except (binascii.Error, ValueError, TypeError):
+            raise InvalidTicket("malformed ticket") from None
+        if (
+            not isinstance(tenant, str)
+            or not isinstance(issued_ms, int)
+            or not isinstance(expires_ms, int)
+            or tenant not in self._tenants
+        ):
+            raise InvalidTicket("ticket not valid for this deployment")
+        now_ms = (self._clock() if now is None else now) * 1000
+        if now_ms < expires_ms:
+            return tenant
+        if resuming and now_ms < issued_ms + self.max_life_s * 1000:
+            return tenant
+        raise ExpiredTicket("ticket expired")
+
+
+def ticket_book(settings: Settings, tokens: TokenTable) -> TicketBook:
+    """The deployment's book: MANTIS_TICKET_SECRET, else the token digests, as the key."""
+    return TicketBook(
+        derive_key(settings.ticket_secret, tokens.entries),
+        tenants=(tenant for tenant, _ in tokens.entries),
+        ttl_s=settings.ticket_ttl_s,
+        max_life_s=settings.ticket_max_life_s,
+    )
