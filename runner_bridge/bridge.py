@@ -235,7 +235,8 @@ class AsyncBridge:
             return [await self._write(run_id, call) for call in calls]
         pipe = client.pipeline(transaction=False)
         for source, keys, args in calls:
-            self._script(source)(keys=keys, args=args, client=pipe)
+            # Awaiting on a pipeline only queues the EVALSHA (and registers the script).
+            await self._script(source)(keys=keys, args=args, client=pipe)
         try:
             replies = await pipe.execute()
         except ResponseError as exc:

@@ -89,7 +89,11 @@ def parse_ts_us(ts: str) -> int:
 
 
 def now_ts() -> tuple[str, int]:
-    """Now as (UTC ISO-8601 with milliseconds and ``Z``, microseconds since the epoch)."""
-    t_us = time.time_ns() // 1000
+    """Now as (UTC ISO-8601 with milliseconds and ``Z``, microseconds since the epoch).
+
+    Both are truncated to the millisecond, so the stamped ``ts`` used as a timestamp cursor
+    means exactly that event ("at or before" includes it).
+    """
+    t_us = time.time_ns() // 1_000_000 * 1000
     moment = datetime.fromtimestamp(t_us / 1_000_000, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z", t_us

@@ -3,117 +3,126 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import orjson
+from typing import BinaryIO
 
 from .bridge import AsyncBridge
-from .calls import SourcePosition, append_call, set_phase_call
-from .errors import BridgeError
-from .ids import parse_ts_us
-from .phases import TERMINAL_PHASES
-from .records import row_record
+from .lines import BadLine, BatchWriter, Line, LineCall, ends_batch, line_call, source_name
 
 
-class BadLine(BridgeError, ValueError):
-    """A line of a reasoning file that is not a publishable row or phase line."""
+@dataclass
+class ReplayReport:
+    """How a replay went: lines newly published, lines a previous replay had published,
+    and the bad line it stopped at, if any."""
 
-    def __init__(self, line_no: int, reason: str) -> None:
-        super().__init__(f"line {line_no}: {reason}")
-        self.line_no = line_no
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One complete line of a reasoning file, and where it sits in the file."""
-
-    number: int
-    offset: int
-    next_offset: int
-    text: bytes
+    published: int = 0
+    already_published: int = 0
+    bad_line: BadLine | None = None
 
 
-def parse_line(line: Line) -> dict[str, Any]:
-    """Decode a line into a JSON object, or raise ``BadLine`` saying why."""
-    try:
-        value = orjson.loads(line.text)
-    except orjson.JSONDecodeError as exc:
-        raise BadLine(line.number, f"not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise BadLine(line.number, f"expected a JSON object, got {type(value).__name__}")
-    return value
+def read_lines(handle: BinaryIO) -> Iterator[Line]:
+    """Every line of a file with its byte position (a last unterminated line included)."""
+    offset = 0
+    for number, text in enumerate(handle, start=1):
+        yield Line(number, offset, offset + len(text), text.rstrip(b"\r\n"))
+        offset += len(text)
 
 
-def is_phase_line(obj: dict[str, Any]) -> bool:
-    return obj.get("kind") == "phase"
+class Pacer:
+    """When each line is due: the gap between consecutive ``ts`` values, divided by speed.
+
+    Due times accumulate on the monotonic clock rather than sleeping each gap in turn,
+    so the time spent publishing does not stretch the run; a ``ts`` that goes backwards
+    or a line without one is due at once. Speed 0 means no pacing at all.
+    """
+
+    def __init__(self, speed: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._speed = speed
+        self._clock = clock
+        self._last_ts: int | None = None
+        self._due = 0.0
+
+    def wait_for(self, ts_us: int | None) -> float:
+        """Seconds from now until a line with ``ts_us`` is due (0 when it already is)."""
+        if self._speed <= 0 or ts_us is None:
+            return 0.0
+        now = self._clock()
+        if self._last_ts is None:
+            self._due = now
+        else:
+            self._due += max(0, ts_us - self._last_ts) / 1_000_000 / self._speed
+        self._last_ts = ts_us
+        return max(0.0, self._due - now)
 
 
-def line_call(run_id: str, bridge: AsyncBridge, line: Line, source: str | None) -> tuple[Any, bool]:
-    """The prepared call for a line and whether it ends the run; ``BadLine`` if unusable."""
-    obj = parse_line(line)
-    position = None if source is None else SourcePosition(source, line.offset, line.next_offset)
-    try:
-        if is_phase_line(obj):
-            phase = obj.get("phase")
-            call = set_phase_call(
-                run_id, phase, bridge.limits, obj.get("halt_class"), obj.get("ts"), position
-            )
-            return call, phase in TERMINAL_PHASES
-        return append_call(run_id, obj, bridge.limits, position=position, record=row_record(obj)), False
-    except (BridgeError, ValueError) as exc:
-        raise BadLine(line.number, str(exc)) from None
+async def replay(
+    bridge: AsyncBridge, path: Path, run_id: str, tenant: str, speed: float = 1.0
+) -> ReplayReport:
+    """Publish the lines of ``path`` to ``run_id`` until its terminal line or first bad line.
 
-
-def read_lines(path: Path, start: int = 0) -> Iterator[Line]:
-    """Complete lines of ``path`` from byte offset ``start`` (a last unterminated line is kept)."""
+    Lines are keyed by their byte offset in the file, so replaying the same file to the
+    same run again publishes nothing twice. Every line before a bad one stays published.
+    """
+    # Open the file first: a mistyped path must not leave an empty run behind.
     with path.open("rb") as handle:
-        handle.seek(start)
-        offset = start
-        number = 0
-        for number, text in enumerate(handle, start=1):  # noqa: B007
-            yield Line(number, offset, offset + len(text), text.rstrip(b"\r\n"))
-            offset += len(text)
+        await bridge.open_run(run_id, tenant=tenant)
+        return await _replay_lines(bridge, read_lines(handle), run_id, path, speed)
 
 
-def line_delay(previous_t: int | None, obj: dict[str, Any], speed: float) -> tuple[float, int | None]:
-    """Seconds to wait before publishing ``obj`` at ``speed`` and the new reference ts."""
-    ts = obj.get("ts")
-    if not isinstance(ts, str):
-        return 0.0, previous_t
-    try:
-        t = parse_ts_us(ts)
-    except ValueError:
-        return 0.0, previous_t
-    if previous_t is None or speed <= 0:
-        return 0.0, t
-    return max(0.0, (t - previous_t) / 1_000_000 / speed), t
+async def _replay_lines(
+    bridge: AsyncBridge, lines: Iterator[Line], run_id: str, path: Path, speed: float
+) -> ReplayReport:
+    source = source_name("replay", path)
+    writer = BatchWriter(bridge, run_id)
+    pacer = Pacer(speed)
+    report = ReplayReport()
+    pending: list[LineCall] = []
+
+    async def flush() -> bool:
+        """Send what is pending; True when the replay must stop (bad or terminal line)."""
+        outcomes = await writer.send(pending)
+        pending.clear()
+        for outcome in outcomes:
+            if outcome.error is not None:
+                report.bad_line = BadLine(outcome.item.line.number, str(outcome.error))
+                return True
+            if outcome.result is not None and outcome.result.duplicate:
+                report.already_published += 1
+            else:
+                report.published += 1
+            if outcome.item.ends_run:
+                return True
+        return False
+
+    for line in lines:
+        if line.blank:
+            continue
+        try:
+            item = line_call(run_id, bridge.limits, line, source)
+        except BadLine as bad:
+            if not await flush():
+                report.bad_line = bad
+            return report
+        delay = pacer.wait_for(item.ts_us)
+        if delay > 0:
+            if await flush():
+                return report
+            await asyncio.sleep(delay)
+        pending.append(item)
+        if ends_batch(pending) and await flush():
+            return report
+    await flush()
+    return report
 
 
 async def replay_file(
     bridge: AsyncBridge, path: Path, run_id: str, tenant: str, speed: float = 1.0
 ) -> int:
-    """Publish every line of ``path`` to ``run_id``; stops at the first bad line (``BadLine``).
-
-    Lines are keyed by their byte offset, so replaying the same file to the same run again
-    publishes nothing twice. Returns the number of lines published.
-    """
-    await bridge.open_run(run_id, tenant=tenant)
-    source = f"replay:{path.resolve()}"
-    previous_t: int | None = None
-    published = 0
-    for line in read_lines(path):
-        if not line.text.strip():
-            continue
-        call, ends = line_call(run_id, bridge, line, source)
-        delay, previous_t = line_delay(previous_t, parse_line(line), speed)
-        if delay:
-            await asyncio.sleep(delay)
-        await bridge.write(run_id, call)
-        published += 1
-        if ends:
-            break
-    return published
+    """Replay ``path``; returns the number of lines published, raises ``BadLine`` on one."""
+    report = await replay(bridge, path, run_id, tenant, speed)
+    if report.bad_line is not None:
+        raise report.bad_line
+    return report.published + report.already_published

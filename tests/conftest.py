@@ -148,8 +148,8 @@ def spawn_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
             MANTIS_HOST="127.0.0.1",
             MANTIS_TENANT_TOKENS=TOKEN_SPEC,
             MANTIS_STATE_DIR=str(tmp_path / "state"),
-            **env_overrides,
         )
+        env.update(env_overrides)  # may replace the defaults above (MANTIS_TENANT_TOKENS)
         if redis_url:
             env["MANTIS_REDIS_URL"] = redis_url
         log = tmp_path / f"service-{port}.log"

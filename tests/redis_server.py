@@ -28,7 +28,8 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], deadline_s: float = 10
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
                 sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
+                # -NOAUTH: up, and started with --requirepass.
+                if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                     return
         except OSError:
             pass

@@ -1,0 +1,291 @@
+"""``python -m runner_bridge``: the ``tail``, ``replay`` and ``phase`` commands.
+
+Exit codes: 0 done, 1 runtime failure (a bad line in a replay, the store unreachable, a
+refused phase move), 2 usage or configuration error. Errors go to stderr and name what
+was wrong; a Redis password never appears in them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import redis
+from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .bridge import AsyncBridge, Bridge, limits_from_env
+from .calls import LogLimits
+from .connect import async_client, sync_client
+from .errors import (
+    BridgeError,
+    InvalidPhase,
+    InvalidPhaseMove,
+    InvalidRunId,
+    RunNotFound,
+    RunTerminal,
+    StoreNotConfigured,
+)
+from .lines import BadLine
+from .phases import PHASES
+from .records import check_phase, check_run_id
+from .replay import ReplayReport, replay
+from .store_url import redact_url, resolve_redis_url
+from .tail import DEFAULT_POLL_INTERVAL_S, Follower, TailReport
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+PROG = "runner_bridge"
+# Connecting must fail in seconds, not hang, when the store's host does not answer.
+CONNECT_TIMEOUT_S = 5.0
+
+Handler = Callable[["_Store", argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "phase":
+        try:
+            check_phase(args.phase, args.halt_class)
+        except InvalidPhase as exc:
+            parser.error(str(exc))  # exits 2 before anything connects
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: a global ``--redis`` and one sub-parser per command."""
+    redis_opt = argparse.ArgumentParser(add_help=False)
+    redis_opt.add_argument(
+        "--redis", metavar="URL", default=argparse.SUPPRESS,
+        help="redis:// or rediss:// URL (default: MANTIS_REDIS_URL, else the embedded store)",
+    )
+    parser = argparse.ArgumentParser(
+        prog=PROG, parents=[redis_opt], description="Publish Mantis run events to Redis."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tail = commands.add_parser(
+        "tail", parents=[redis_opt], help="follow a growing reasoning.jsonl until the run ends"
+    )
+    tail.add_argument("file", type=Path, metavar="FILE")
+    _run_options(tail)
+    tail.add_argument(
+        "--poll-interval", type=_positive_float, default=DEFAULT_POLL_INTERVAL_S, metavar="S",
+        help=f"seconds between checks for new lines (default {DEFAULT_POLL_INTERVAL_S})",
+    )
+    tail.set_defaults(handler=_tail)
+
+    rep = commands.add_parser(
+        "replay", parents=[redis_opt], help="republish a recorded reasoning.jsonl with its pacing"
+    )
+    rep.add_argument("file", type=Path, metavar="FILE")
+    _run_options(rep)
+    rep.add_argument(
+        "--speed", type=_non_negative_float, default=1.0, metavar="X",
+        help="X times faster than recorded; 0 = as fast as possible (default 1)",
+    )
+    rep.set_defaults(handler=_replay)
+
+    phase = commands.add_parser("phase", parents=[redis_opt], help="move an existing run")
+    phase.add_argument("run_id", type=_run_id, metavar="RUN_ID")
+    phase.add_argument("phase", choices=PHASES, metavar="PHASE", help=", ".join(PHASES))
+    phase.add_argument("--halt-class", metavar="C", help="why the run halted (halted only)")
+    phase.set_defaults(handler=_phase)
+    return parser
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-id", required=True, type=_run_id, metavar="R")
+    parser.add_argument("--tenant", required=True, type=_non_empty, metavar="T")
+
+
+def _run_id(text: str) -> str:
+    try:
+        return check_run_id(text)
+    except InvalidRunId as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _non_empty(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+class _Store:
+    """Where the command publishes: the resolved URL and log limits, and how to connect."""
+
+    def __init__(self, url: str, limits: LogLimits) -> None:
+        self.url = url
+        self.limits = limits
+
+    def bridge(self) -> Bridge:
+        """A sync bridge; fails fast (named errors) when the store cannot be used."""
+        # A short-timeout PING first: the cluster probe of ``sync_client`` has no connect
+        # timeout, and an unanswering host must not hang the command for minutes.
+        probe = redis.Redis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT_S)
+        try:
+            probe.ping()
+        finally:
+            probe.close()
+        return Bridge(sync_client(self.url), limits=self.limits)
+
+    async def async_bridge(self) -> AsyncBridge:
+        """An asyncio bridge; fails fast (named errors) when the store cannot be used."""
+        client = await asyncio.wait_for(async_client(self.url), CONNECT_TIMEOUT_S)
+        return AsyncBridge(client, limits=self.limits)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Configure, run the command, turn failures into messages and exit codes."""
+    try:
+        url = resolve_redis_url(getattr(args, "redis", None))
+        store = _Store(url, limits_from_env())
+    except (StoreNotConfigured, ValueError) as exc:
+        return _fail(args, str(exc), EXIT_USAGE)
+    try:
+        redis.Redis.from_url(url).close()  # only parses the URL: nothing connects yet
+    except ValueError as exc:
+        message = f"unusable Redis URL {redact_url(url)}: {_scrub(str(exc), url)}"
+        return _fail(args, message, EXIT_USAGE)
+    where = f"the store at {redact_url(url)}"
+    handler: Handler = args.handler
+    try:
+        return handler(store, args)
+    except AuthenticationError:
+        return _fail(args, f"{where} refused the credentials", EXIT_FAILURE)
+    except (RedisConnectionError, RedisTimeoutError, TimeoutError) as exc:
+        reason = _scrub(str(exc), url) or f"no answer in {CONNECT_TIMEOUT_S:g} s"
+        return _fail(args, f"cannot reach {where}: {reason}", EXIT_FAILURE)
+    except OSError as exc:
+        return _fail(args, str(exc), EXIT_FAILURE)  # the input file, not the store
+    except (InvalidRunId, InvalidPhase) as exc:
+        return _fail(args, str(exc), EXIT_USAGE)
+    except BridgeError as exc:
+        return _fail(args, str(exc), EXIT_FAILURE)
+    except RedisError as exc:
+        return _fail(args, f"store error: {_scrub(str(exc), url)}", EXIT_FAILURE)
+
+
+def _tail(store: _Store, args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()  # the follower ends between two batches or polls
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in _STOP_SIGNALS}
+    follower: Follower | None = None
+    try:
+        with store.bridge() as bridge:
+            follower = Follower(
+                bridge, args.file, args.run_id, args.tenant,
+                poll_interval=args.poll_interval, on_bad_line=_print_bad_line, stop=stop,
+            )
+            report = follower.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if follower is not None:
+            _print_tail_summary(args.run_id, follower.report)
+    if report.final_phase is None:
+        return 128 + (received[0] if received else signal.SIGTERM)
+    return EXIT_OK
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _print_bad_line(bad: BadLine) -> None:
+    print(str(bad), file=sys.stderr, flush=True)
+
+
+def _print_tail_summary(run_id: str, report: TailReport) -> None:
+    state = (
+        f"run {run_id!r} is {report.final_phase}" if report.final_phase
+        else f"stopped before run {run_id!r} ended"
+    )
+    print(
+        f"tail: {state}; published {report.published} lines, "
+        f"skipped {report.skipped} bad lines",
+        flush=True,
+    )
+
+
+def _replay(store: _Store, args: argparse.Namespace) -> int:
+    report = asyncio.run(_replay_async(store, args))
+    again = f" ({report.already_published} already published)" if report.already_published else ""
+    print(f"replay: published {report.published} lines to run {args.run_id!r}{again}", flush=True)
+    if report.bad_line is not None:
+        return _fail(args, f"stopped at {report.bad_line}", EXIT_FAILURE)
+    return EXIT_OK
+
+
+async def _replay_async(store: _Store, args: argparse.Namespace) -> ReplayReport:
+    bridge = await store.async_bridge()
+    try:
+        return await replay(bridge, args.file, args.run_id, args.tenant, args.speed)
+    finally:
+        await bridge.aclose()
+
+
+def _phase(store: _Store, args: argparse.Namespace) -> int:
+    with store.bridge() as bridge:
+        try:
+            event_id = bridge.run(args.run_id).set_phase(args.phase, halt_class=args.halt_class)
+        except (InvalidPhaseMove, RunTerminal) as exc:
+            return _fail(args, f"cannot move to {args.phase!r}: {exc}", EXIT_FAILURE)
+        except RunNotFound:
+            return _fail(args, f"no run {args.run_id!r} in the store", EXIT_FAILURE)
+    print(f"run {args.run_id!r} is now {args.phase} (event {event_id})", flush=True)
+    return EXIT_OK
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    print(f"{PROG} {args.command}: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` with the URL's password masked, should a library message quote it."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(password, "***") if password else text
