@@ -12,6 +12,8 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
@@ -87,9 +89,13 @@ def pubsub_client(url: str) -> aredis.Redis:
     """
     # RESP2 framing: the hub reads raw replies ([b"message", channel, data]) for speed.
     # The connection may be silent for long; TCP keepalive finds a store that vanished.
+    # No silent retry: announcements sent while it reconnected would be lost unseen, so a
+    # broken connection must surface to the hub, which then ends its streams (they resume
+    # by cursor from the log).
     return aredis.Redis.from_url(
         url,
         protocol=2,
+        retry=AsyncRetry(NoBackoff(), 0),
         socket_connect_timeout=2,
         socket_keepalive=True,
         socket_keepalive_options=_KEEPALIVE,
