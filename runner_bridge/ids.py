@@ -1,7 +1,7 @@
 """Event ids, cursors and timestamps: how a position in a run's log is written and read.
 
 An event id is ``<epoch>-<n>``: ``epoch`` names one incarnation of the log (base-36
-milliseconds of its creation, 8 characters) and ``n`` is the event's 1-based position in
+milliseconds of its creation and 3 random characters) and ``n`` is the event's 1-based position in
 it, zero-padded to 10 digits. Ids are therefore unique, strictly increasing within a run
 both as numbers and as strings, and an id issued by a log that was lost and re-created
 is recognised by its epoch rather than silently misread.
@@ -10,23 +10,28 @@ is recognised by its epoch rather than silently misread.
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
-_ID_RE = re.compile(r"([0-9a-z]{8,9})-([0-9]{10,19})")
+_ID_RE = re.compile(r"([0-9a-z]{11,12})-([0-9]{10,19})")
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def new_epoch(now_ms: int | None = None) -> str:
-    """A fresh log epoch: the creation time in base-36 milliseconds, 8 characters."""
+    """A fresh log epoch: creation time in base-36 milliseconds (8) plus 3 random characters.
+
+    The random part keeps two incarnations of a log apart even when the second is created
+    within the same millisecond as the first.
+    """
     value = int(time.time() * 1000) if now_ms is None else now_ms
     digits = ""
     while value:
         value, rem = divmod(value, 36)
         digits = _BASE36[rem] + digits
-    return digits.rjust(8, "0")
+    return digits.rjust(8, "0") + "".join(secrets.choice(_BASE36) for _ in range(3))
 
 
 def format_event_id(epoch: str, n: int) -> str:

@@ -117,6 +117,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribing: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
+        self._stopping = False
         self.events_delivered = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -131,13 +132,22 @@ class Hub:
     async def stop(self) -> None:
         """End every stream at an event boundary, then stop the background tasks."""
         self.end_all(SHUTDOWN)
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
+        # A read blocked deep in the client may not see the cancellation until its socket
+        # closes: wait a little, then close the connection under it and wait again.
+        _done, pending = await asyncio.wait(self._tasks, timeout=2.0)
+        if pending and self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.wait(pending, timeout=5.0)
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.warning("hub task %s ended with %r", task.get_name(), task.exception())
         if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._client.aclose()
 
     @property
@@ -253,12 +263,16 @@ class Hub:
 
     async def _read_forever(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 await self._read_until_lost()
             except asyncio.CancelledError:
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                current = asyncio.current_task()
+                if self._stopping or (current is not None and current.cancelling()):
+                    # The client turned our cancellation into a connection error.
+                    raise asyncio.CancelledError from exc
                 log.warning(
                     "live connection to the store lost (%s); streams will resume",
                     type(exc).__name__,

@@ -1,0 +1,253 @@
+"""Two ``python -m service`` pods behind a real haproxy, on a real redis-server.
+
+A client that follows a live run through the load balancer reconnects (soft limit, or a
+pod going away) with ``Last-Event-ID``, lands on either pod, and still gets every event
+exactly once, in order, until the terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from runner_bridge import AsyncBridge
+from runner_bridge.calls import LogLimits
+
+from .conftest import TOKENS
+from .contract_support import SSE, Event, Reader, assert_contiguous, has_n, is_terminal
+from .redis_server import free_port
+
+HAPROXY_CFG = """\
+global
+    maxconn 512
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 2s
+    option http-server-close
+    retries 3
+    option redispatch 1
+
+frontend events
+    bind 127.0.0.1:{port}
+    default_backend pods
+
+backend pods
+    balance roundrobin
+    option httpchk GET /healthz
+    http-response set-header X-Served-By %[srv_name]
+{servers}
+"""
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, deadline_s: float = 10) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"haproxy exited: {log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)  # a child process's port: no event to await
+    raise RuntimeError(f"haproxy did not listen in time: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path) -> Iterator[Callable[[dict[str, int]], str]]:
+    """Start haproxy (-db, a child process killed at teardown) in front of named pods."""
+    binary = shutil.which("haproxy")
+    if binary is None:
+        pytest.fail("haproxy is not installed (apt-get install -y haproxy)")
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(pods: dict[str, int]) -> str:
+        port = free_port()
+        servers = "\n".join(
+            f"    server {name} 127.0.0.1:{pod_port} check inter 200ms fall 1 rise 1"
+            for name, pod_port in pods.items()
+        )
+        cfg = tmp_path / "haproxy.cfg"
+        cfg.write_text(HAPROXY_CFG.format(port=port, servers=servers))
+        log = tmp_path / "haproxy.log"
+        with log.open("wb") as handle:
+            proc = subprocess.Popen(
+                [binary, "-f", str(cfg), "-db"], stdout=handle, stderr=subprocess.STDOUT
+            )
+        started.append(proc)
+        _wait_port(port, proc, log)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    timeout = aiohttp.ClientTimeout(total=60, sock_read=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        yield session
+
+
+async def both_pods_up(http: aiohttp.ClientSession, base: str, names: set[str]) -> None:
+    """Round robin answers from every pod (health checks have seen them)."""
+    seen: set[str] = set()
+    async with asyncio.timeout(10):
+        while seen != names:
+            async with http.get(base + "/healthz") as resp:
+                if resp.status == 200:
+                    seen.add(resp.headers.get("X-Served-By", ""))
+            await asyncio.sleep(0.02)  # polling haproxy's view of its backends
+
+
+class Follower:
+    """A client following one run through the load balancer, as the SDK's follow() does."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, run_id: str) -> None:
+        self.http = http
+        self.url = base + SSE.format(run_id=run_id)
+        self.events: list[Event] = []
+        self.pods: list[str] = []
+        self.unclean = 0
+
+    @property
+    def cursor(self) -> str | None:
+        return self.events[-1].id if self.events else None
+
+    async def connect(self) -> tuple[aiohttp.ClientResponse, Reader] | None:
+        headers = {"X-Mantis-Token": TOKENS["acme"]}
+        if self.cursor:
+            headers["Last-Event-ID"] = self.cursor
+        resp = await self.http.get(self.url, headers=headers)
+        if resp.status in (502, 503, 504):  # the balancer had no pod for us: retry
+            resp.release()
+            return None
+        assert resp.status == 200, await resp.text()
+        self.pods.append(resp.headers.get("X-Served-By", "?"))
+        return resp, Reader(resp)
+
+    def take(self, reader: Reader) -> None:
+        if not reader.clean:
+            self.unclean += 1
+        self.events += reader.events
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.events) and is_terminal(self.events[-1])
+
+
+async def test_reconnects_land_on_both_pods_and_lose_nothing(
+    spawn_service, redis_url: str, haproxy, http
+) -> None:
+    pods = {
+        name: spawn_service(redis_url, MANTIS_STREAM_MAX_S="0.8", MANTIS_HEARTBEAT_S="0.4")
+        for name in ("pod1", "pod2")
+    }
+    base = haproxy({name: sp.port for name, sp in pods.items()})
+    await both_pods_up(http, base, set(pods))
+    async with AsyncBridge.from_url(redis_url, limits=LogLimits()) as bridge:
+        run = await bridge.open_run("r1", tenant="acme")
+        await run.set_phase("running")
+        enough = asyncio.Event()
+
+        async def runner() -> None:
+            for i in range(5000):
+                if enough.is_set():
+                    break
+                await run.append({"kind": "step", "step_index": i})
+                await asyncio.sleep(0.01)  # a runner's pace
+            await run.finish("complete")
+
+        producing = asyncio.create_task(runner())
+        follower = Follower(http, base, "r1")
+        for _attempt in range(30):
+            connected = await follower.connect()
+            if connected is None:
+                continue
+            resp, reader = connected
+            await reader.to_end(within=10)
+            resp.release()
+            follower.take(reader)
+            if follower.finished:
+                break
+            if len(follower.pods) >= 4 and set(follower.pods) == set(pods):
+                enough.set()
+        await producing
+    assert follower.finished
+    assert set(follower.pods) == set(pods), follower.pods
+    assert len(follower.pods) >= 4
+    assert follower.unclean == 0, "a soft-limited stream ended mid-event"
+    assert_contiguous(follower.events, 1, follower.events[-1].n)
+    steps_seen = [e.data["step_index"] for e in follower.events if e.event == "step"]
+    assert steps_seen == list(range(len(steps_seen)))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_a_pod_dying_mid_stream_resumes_on_the_other(
+    spawn_service, redis_url: str, haproxy, http, sig: signal.Signals
+) -> None:
+    pods = {name: spawn_service(redis_url) for name in ("pod1", "pod2")}
+    base = haproxy({name: sp.port for name, sp in pods.items()})
+    await both_pods_up(http, base, set(pods))
+    async with AsyncBridge.from_url(redis_url, limits=LogLimits()) as bridge:
+        run = await bridge.open_run("r1", tenant="acme")
+        await run.set_phase("running")
+        stop = asyncio.Event()
+
+        async def runner() -> None:
+            for i in range(5000):
+                if stop.is_set():
+                    break
+                await run.append({"kind": "step", "step_index": i})
+                await asyncio.sleep(0.005)  # a runner's pace
+            await run.finish("complete")
+
+        producing = asyncio.create_task(runner())
+        follower = Follower(http, base, "r1")
+        connected = await follower.connect()
+        assert connected is not None
+        resp, reader = connected
+        await reader.until(has_n(30))
+        victim = pods[follower.pods[0]]
+        victim.proc.send_signal(sig)
+        await reader.to_end(within=15)
+        resp.release()
+        follower.take(reader)
+        if sig == signal.SIGTERM:
+            assert reader.clean, "a pod shutting down ends its streams at an event boundary"
+        before = len(follower.events)
+        for _attempt in range(20):
+            connected = await follower.connect()
+            if connected is None:
+                continue
+            resp, reader = connected
+            await reader.until(has_n(follower.events[-1].n + 30), within=15)
+            stop.set()
+            await reader.to_end(within=15)
+            resp.release()
+            follower.take(reader)
+            if follower.finished:
+                break
+        await producing
+        await asyncio.to_thread(victim.proc.wait, 15)
+    assert follower.finished
+    assert len(follower.events) > before + 30
+    survivors = set(pods) - {follower.pods[0]}
+    assert set(follower.pods[1:]) <= survivors, follower.pods
+    assert_contiguous(follower.events, 1, follower.events[-1].n)
+    steps_seen = [e.data["step_index"] for e in follower.events if e.event == "step"]
+    assert steps_seen == list(range(len(steps_seen)))
