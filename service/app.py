@@ -12,6 +12,7 @@ from .appkeys import HUB, READER, SETTINGS, STORE, TICKETS, TOKENS
 from .auth import TokenTable
 from .cors import Cors
 from .errors import error_middleware
+from .frame_cache import FrameCache
 from .hub import Hub
 from .runs import cancel_run, get_run
 from .settings import Settings
@@ -45,6 +46,7 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
             pubsub_client(redis_url),
             heartbeat_s=settings.heartbeat_s,
             stream_max_s=settings.stream_max_s,
+            frames=FrameCache(settings.replay_cache_bytes),
         )
         app[HUB] = hub
         await hub.start()

@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runner_bridge.keys import live_channel
 
+from .frame_cache import FrameCache
 from .sse import PING_CHUNK, chunk, encode_event
 
 log = logging.getLogger("mantis.hub")
@@ -91,12 +92,13 @@ class Subscriber:
 class Feed:
     """One run watched on this pod: its channel and its live subscribers."""
 
-    __slots__ = ("channel", "id_prefix", "last_n", "ready", "run_id", "subscribers")
+    __slots__ = ("channel", "epoch", "id_prefix", "last_n", "ready", "run_id", "subscribers")
 
     def __init__(self, run_id: str, id_prefix: bytes) -> None:
         self.run_id = run_id
         self.channel = live_channel(run_id).encode()
         self.id_prefix = id_prefix
+        self.epoch = id_prefix[:-1].decode()
         self.subscribers: list[Subscriber] = []
         self.last_n = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -105,7 +107,15 @@ class Feed:
 class Hub:
     """Live fan-out for every stream of this pod."""
 
-    def __init__(self, client: aredis.Redis, *, heartbeat_s: float, stream_max_s: float) -> None:
+    def __init__(
+        self,
+        client: aredis.Redis,
+        *,
+        heartbeat_s: float,
+        stream_max_s: float,
+        frames: FrameCache | None = None,
+    ) -> None:
+        self.frames = frames if frames is not None else FrameCache(0)
         self._client = client
         self._heartbeat_s = heartbeat_s
         self._stream_max_s = stream_max_s
@@ -241,8 +251,10 @@ class Hub:
                     sub.finish(RESYNC)
             return
         feed.last_n = n
-        frame = chunk(encode_event(name, feed.id_prefix + b"%010d" % n, data))
+        event = encode_event(name, feed.id_prefix + b"%010d" % n, data)
         is_terminal = name == b"terminal"
+        self.frames.put(feed.run_id, feed.epoch, n, event, is_terminal)
+        frame = chunk(event)
         t = int(t_raw)
         delivered = 0
         for sub in feed.subscribers:

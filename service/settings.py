@@ -49,6 +49,7 @@ class Settings:
     ticket_max_life_s: float = 43_200.0
     ticket_secret: str | None = field(default=None, repr=False)
     redis_max_connections: int = 16
+    replay_cache_bytes: int = 64 * 1024 * 1024
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
@@ -81,5 +82,8 @@ class Settings:
             ticket_secret=env.get("MANTIS_TICKET_SECRET") or None,
             redis_max_connections=int(
                 _number(env, "MANTIS_REDIS_MAX_CONNECTIONS", 16, integer=True)
+            ),
+            replay_cache_bytes=int(
+                _number(env, "MANTIS_REPLAY_CACHE_BYTES", 64 * 1024 * 1024, integer=True)
             ),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from .frame_cache import FrameCache
 from .hub import CLOSED, TERMINAL, Feed, Hub, Subscriber
 from .resume import ResumePlan
 from .sse import encode_event
@@ -20,13 +21,32 @@ REPLAY_BATCH = 500
 DRAIN_TIMEOUT_S = 30.0
 
 
-def encode_entries(entries: list[Entry], id_prefix: bytes, min_t: int | None) -> bytes:
-    """SSE frames of stored events, filtered by ``min_t`` when the cursor was a timestamp."""
-    return b"".join(
-        encode_event(e.name, id_prefix + b"%010d" % e.n, e.data)
-        for e in entries
-        if min_t is None or e.t > min_t
-    )
+def encode_entries(
+    entries: list[Entry],
+    id_prefix: bytes,
+    min_t: int | None,
+    cache: FrameCache,
+    state: RunState,
+) -> bytes:
+    """SSE frames of stored events (kept in the pod's cache), filtered by ``min_t`` if set."""
+    parts = []
+    for entry in entries:
+        frame = encode_event(entry.name, id_prefix + b"%010d" % entry.n, entry.data)
+        cache.put(state.run_id, state.epoch, entry.n, frame, entry.name == b"terminal")
+        if min_t is None or entry.t > min_t:
+            parts.append(frame)
+    return b"".join(parts)
+
+
+async def _write(write: Write, payload: bytes, sub: Subscriber) -> bool:
+    """Write through the response (flow-controlled); cut a client that accepts nothing."""
+    try:
+        await asyncio.wait_for(write(payload), DRAIN_TIMEOUT_S)
+    except (TimeoutError, ConnectionError):
+        sub.transport.abort()
+        sub.finish(CLOSED)
+        return False
+    return True
 
 
 Write = Callable[[bytes], Awaitable[None]]
@@ -50,17 +70,28 @@ async def replay_then_live(
     if state.terminal_n is None:
         feed = await hub.watch(state.run_id, state.id_prefix)
     after = plan.after_n
+    cache = hub.frames
     while not sub.finished:
+        cached = (
+            None
+            if plan.min_t is not None
+            else cache.take(state.run_id, state.epoch, after, REPLAY_BATCH)
+        )
+        if cached is not None:
+            # Frames some stream of this pod already encoded: no read, no encoding.
+            if not await _write(write, cached.payload, sub):
+                break
+            after = cached.last_n
+            if cached.terminal:
+                sub.last_n = after
+                sub.finish(TERMINAL)
+                break
+            continue
         entries = await reader.after(state.run_id, after, REPLAY_BATCH)
         if entries:
-            frames = encode_entries(entries, state.id_prefix, plan.min_t)
-            if frames:
-                try:
-                    await asyncio.wait_for(write(frames), DRAIN_TIMEOUT_S)
-                except (TimeoutError, ConnectionError):
-                    sub.transport.abort()
-                    sub.finish(CLOSED)
-                    break
+            frames = encode_entries(entries, state.id_prefix, plan.min_t, cache, state)
+            if frames and not await _write(write, frames, sub):
+                break
             after = entries[-1].n
             if entries[-1].name == b"terminal":
                 sub.last_n = after
