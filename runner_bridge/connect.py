@@ -6,30 +6,16 @@ Redis Cluster; which one it is can only be learnt by asking the node (``INFO clu
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import redis
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 SyncClient = redis.Redis | RedisCluster
 AsyncClient = aredis.Redis | AsyncRedisCluster
-
-
-_KEEPALIVE = {
-    option: value
-    for option, value in (
-        (getattr(socket, "TCP_KEEPIDLE", None), 30),
-        (getattr(socket, "TCP_KEEPINTVL", None), 10),
-        (getattr(socket, "TCP_KEEPCNT", None), 3),
-    )
-    if option is not None
-}
 
 
 def _cluster_enabled(info: dict[str, Any]) -> bool:
@@ -79,24 +65,3 @@ async def async_client(url: str, max_connections: int | None = None) -> AsyncCli
         socket_timeout=10,
     )
     return aredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
-
-
-def pubsub_client(url: str) -> aredis.Redis:
-    """A client for the pod's one pub/sub connection.
-
-    In a cluster, PUBLISH reaches every node, so subscribing on the node the URL names
-    hears every run's announcements.
-    """
-    # RESP2 framing: the hub reads raw replies ([b"message", channel, data]) for speed.
-    # The connection may be silent for long; TCP keepalive finds a store that vanished.
-    # No silent retry: announcements sent while it reconnected would be lost unseen, so a
-    # broken connection must surface to the hub, which then ends its streams (they resume
-    # by cursor from the log).
-    return aredis.Redis.from_url(
-        url,
-        protocol=2,
-        retry=AsyncRetry(NoBackoff(), 0),
-        socket_connect_timeout=2,
-        socket_keepalive=True,
-        socket_keepalive_options=_KEEPALIVE,
-    )

@@ -6,8 +6,6 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from runner_bridge.connect import pubsub_client
-
 from .appkeys import HUB, READER, SETTINGS, STORE, TICKETS, TOKENS
 from .auth import TokenTable
 from .cors import Cors
@@ -43,7 +41,7 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
         app[STORE] = store
         app[READER] = LogReader(store)
         hub = Hub(
-            pubsub_client(redis_url),
+            redis_url,
             heartbeat_s=settings.heartbeat_s,
             stream_max_s=settings.stream_max_s,
             frames=FrameCache(settings.replay_cache_bytes),

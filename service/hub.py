@@ -4,7 +4,8 @@ Every pod holds one Redis pub/sub connection (plus a fixed-size pool for reads).
 that has watchers on this pod is one ``Feed``: the hub SUBSCRIBEs to its live channel
 once, and each announced event is turned into SSE chunk bytes once, then written to each
 watching client's transport as is. An appended event therefore costs the pod no Redis
-command at all, whatever the number of its watchers.
+command at all, whatever the number of its watchers. Announcements that arrive together
+(one socket read) reach each client in one write.
 
 Clients are ``Subscriber`` objects with no task or timer of their own: one ticker per
 pod sends the heartbeat and ends streams at their soft limit.
@@ -20,13 +21,13 @@ import logging
 import random
 import time
 
-import redis.asyncio as aredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from runner_bridge.keys import live_channel
 
 from .frame_cache import FrameCache
+from .live_connection import LiveConnection, Message
 from .sse import PING_CHUNK, chunk, encode_event
 
 log = logging.getLogger("mantis.hub")
@@ -39,8 +40,6 @@ SLOW = "slow_client"
 SHUTDOWN = "shutdown"
 STORE_LOST = "store_lost"
 RESYNC = "resync"
-
-_CONTROL_CHANNEL = "mantis:hub"
 
 
 class Subscriber:
@@ -109,23 +108,22 @@ class Hub:
 
     def __init__(
         self,
-        client: aredis.Redis,
+        redis_url: str,
         *,
         heartbeat_s: float,
         stream_max_s: float,
         frames: FrameCache | None = None,
     ) -> None:
         self.frames = frames if frames is not None else FrameCache(0)
-        self._client = client
+        self._url = redis_url
         self._heartbeat_s = heartbeat_s
         self._stream_max_s = stream_max_s
-        self._pubsub: aredis.client.PubSub | None = None
+        self._live: LiveConnection | None = None
         self._feeds: dict[bytes, Feed] = {}
         self._all: set[Subscriber] = set()
         self._deadlines: list[tuple[float, int, Subscriber]] = []
         self._order = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
-        self._unsubscribing: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
         self._stopping = False
         self.events_delivered = 0
@@ -133,7 +131,7 @@ class Hub:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the pub/sub connection and start the reader and the ticker."""
+        """Start the reader (which keeps the pub/sub connection open) and the ticker."""
         self._tasks = [
             asyncio.create_task(self._read_forever(), name="hub-reader"),
             asyncio.create_task(self._tick_forever(), name="hub-ticker"),
@@ -143,22 +141,13 @@ class Hub:
         """End every stream at an event boundary, then stop the background tasks."""
         self.end_all(SHUTDOWN)
         self._stopping = True
+        if self._live is not None:
+            self._live.close()
         for task in self._tasks:
             task.cancel()
-        # A read blocked deep in the client may not see the cancellation until its socket
-        # closes: wait a little, then close the connection under it and wait again.
-        _done, pending = await asyncio.wait(self._tasks, timeout=2.0)
-        if pending and self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.wait(pending, timeout=5.0)
         for task in self._tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.warning("hub task %s ended with %r", task.get_name(), task.exception())
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-        await self._client.aclose()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @property
     def stream_count(self) -> int:
@@ -187,13 +176,13 @@ class Hub:
             feed = self._feeds[channel] = Feed(run_id, id_prefix)
             try:
                 await asyncio.wait_for(self._connected.wait(), timeout=5.0)
-                if self._pubsub is None:
+                if self._live is None:
                     raise RedisConnectionError("live connection not open")
-                await self._pubsub.subscribe(channel)
+                self._live.subscribe(channel)
             except BaseException:
                 self._feeds.pop(channel, None)
                 raise
-        await asyncio.shield(feed.ready)
+        await asyncio.wait_for(asyncio.shield(feed.ready), timeout=5.0)
         return feed
 
     def go_live(self, feed: Feed, sub: Subscriber) -> None:
@@ -219,18 +208,12 @@ class Hub:
             self._drop_feed(feed)
 
     def _drop_feed(self, feed: Feed) -> None:
-        if self._feeds.get(feed.channel) is feed:
-            del self._feeds[feed.channel]
-            if self._pubsub is not None and self._connected.is_set():
-                task = asyncio.get_running_loop().create_task(self._unsubscribe(feed.channel))
-                self._unsubscribing.add(task)  # keep a reference until it is done
-                task.add_done_callback(self._unsubscribing.discard)
-
-    async def _unsubscribe(self, channel: bytes) -> None:
-        if channel in self._feeds or self._pubsub is None:
-            return  # watched again meanwhile
-        with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
-            await self._pubsub.unsubscribe(channel)
+        if self._feeds.get(feed.channel) is not feed:
+            return
+        del self._feeds[feed.channel]
+        if self._live is not None and self._connected.is_set():
+            with contextlib.suppress(RedisError):
+                self._live.unsubscribe(feed.channel)
 
     def end_all(self, reason: str) -> None:
         """End every stream of this pod (shutdown, or the live connection was lost)."""
@@ -239,38 +222,75 @@ class Hub:
 
     # -- the live path ---------------------------------------------------------------
 
-    def deliver(self, feed: Feed, payload: bytes) -> None:
-        """Fan one announced event out to the feed's live subscribers, encoded once."""
-        n_raw, t_raw, name, data = payload.split(b":", 3)
-        n = int(n_raw)
-        if n <= feed.last_n:
-            if n == 1:
-                # The log was lost and re-created: these clients' cursors belong to the old
-                # incarnation; they reconnect and get a gap event.
-                for sub in list(feed.subscribers):
-                    sub.finish(RESYNC)
+    def on_messages(self, batch: list[Message]) -> None:
+        """Everything one socket read brought: confirmations, then events grouped by run."""
+        feeds = self._feeds
+        pending: dict[Feed, list[bytes]] = {}
+        for message in batch:
+            kind = message[0]
+            if kind == b"message":
+                feed = feeds.get(message[1])
+                if feed is not None:
+                    payloads = pending.get(feed)
+                    if payloads is None:
+                        pending[feed] = [message[2]]
+                    else:
+                        payloads.append(message[2])
+            elif kind == b"subscribe":
+                feed = feeds.get(message[1])
+                if feed is not None and not feed.ready.done():
+                    feed.ready.set_result(None)
+        for feed, payloads in pending.items():
+            self.deliver(feed, payloads)
+
+    def deliver(self, feed: Feed, payloads: list[bytes]) -> None:
+        """Fan announced events out to the feed's live subscribers, encoded once each."""
+        events: list[tuple[int, int, bytes, bool]] = []
+        for payload in payloads:
+            n_raw, t_raw, name, data = payload.split(b":", 3)
+            n = int(n_raw)
+            if n <= feed.last_n:
+                if n == 1:
+                    # The log was lost and re-created: these clients' cursors belong to the
+                    # old incarnation; they reconnect and get a gap event.
+                    for sub in list(feed.subscribers):
+                        sub.finish(RESYNC)
+                continue
+            feed.last_n = n
+            event = encode_event(name, feed.id_prefix + b"%010d" % n, data)
+            is_terminal = name == b"terminal"
+            self.frames.put(feed.run_id, feed.epoch, n, event, is_terminal)
+            events.append((n, int(t_raw), chunk(event), is_terminal))
+        if not events:
             return
-        feed.last_n = n
-        event = encode_event(name, feed.id_prefix + b"%010d" % n, data)
-        is_terminal = name == b"terminal"
-        self.frames.put(feed.run_id, feed.epoch, n, event, is_terminal)
-        frame = chunk(event)
-        t = int(t_raw)
         delivered = 0
         for sub in feed.subscribers:
-            if n <= sub.last_n or sub.finished:
+            if sub.finished:
                 continue
-            if n != sub.last_n + 1:
-                # A live message went missing: this client cannot be served in order from
-                # here, so it resumes by cursor from the log instead.
-                sub.finish(RESYNC)
-                continue
-            sub.last_n = n
-            if sub.min_t is None or t > sub.min_t:
-                sub.send(frame)
-                delivered += 1
-            if is_terminal:
-                sub.finish(TERMINAL)
+            last = sub.last_n
+            min_t = sub.min_t
+            parts: list[bytes] = []
+            ending = ""
+            for n, t, frame, is_terminal in events:
+                if n <= last:
+                    continue
+                if n != last + 1:
+                    # A live message went missing: this client cannot be served in order
+                    # from here, so it resumes by cursor from the log instead.
+                    ending = RESYNC
+                    break
+                last = n
+                if min_t is None or t > min_t:
+                    parts.append(frame)
+                if is_terminal:
+                    ending = TERMINAL
+                    break
+            if parts:
+                sub.send(parts[0] if len(parts) == 1 else b"".join(parts))
+                delivered += len(parts)
+            sub.last_n = last
+            if ending:
+                sub.finish(ending)
         self.events_delivered += delivered
 
     async def _read_forever(self) -> None:
@@ -280,11 +300,9 @@ class Hub:
                 await self._read_until_lost()
             except asyncio.CancelledError:
                 raise
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                current = asyncio.current_task()
-                if self._stopping or (current is not None and current.cancelling()):
-                    # The client turned our cancellation into a connection error.
-                    raise asyncio.CancelledError from exc
+            except (RedisError, OSError) as exc:
+                if self._stopping:
+                    return
                 log.warning(
                     "live connection to the store lost (%s); streams will resume",
                     type(exc).__name__,
@@ -292,6 +310,7 @@ class Hub:
             if self._connected.is_set():
                 backoff = 0.1  # it had been up: retry promptly
             self._connected.clear()
+            self._live = None
             # Events announced while we were away are not coming back on this channel:
             # every stream ends at an event boundary and resumes by cursor from the log.
             self.end_all(STORE_LOST)
@@ -299,33 +318,16 @@ class Hub:
                 if not feed.ready.done():
                     feed.ready.set_exception(RedisConnectionError("live connection lost"))
                     feed.ready.exception()  # its waiter, if any, sees it; no "never retrieved"
-
             self._feeds.clear()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
     async def _read_until_lost(self) -> None:
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-        pubsub = self._client.pubsub()
-        self._pubsub = pubsub
-        await pubsub.subscribe(_CONTROL_CHANNEL)
+        live = await LiveConnection.open(self._url, self.on_messages)
+        self._live = live
         self._connected.set()
-        feeds = self._feeds
-        while True:
-            message = await pubsub.parse_response(block=True)
-            if message is None:
-                continue
-            kind = message[0]
-            if kind == b"message":
-                feed = feeds.get(message[1])
-                if feed is not None:
-                    self.deliver(feed, message[2])
-            elif kind == b"subscribe":
-                feed = feeds.get(message[1])
-                if feed is not None and not feed.ready.done():
-                    feed.ready.set_result(None)
+        reason = await live.wait_closed()
+        raise RedisConnectionError("live connection closed") from reason
 
     # -- the ticker ------------------------------------------------------------------
 
