@@ -58,7 +58,10 @@ async def async_client(url: str, max_connections: int | None = None) -> AsyncCli
     pool = aredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=5,
+        # A request waits this long for a pooled connection before answering 503. It is
+        # generous on purpose: in a reconnect storm queueing is right, and a browser's
+        # EventSource never retries after a 503.
+        timeout=30,
         health_check_interval=30,
         # An unreachable store must turn into a prompt 503, not a hung request.
         socket_connect_timeout=2,
