@@ -91,7 +91,8 @@ def row_record(row: object) -> Record:
 def check_phase(phase: object, halt_class: object) -> tuple[str, str | None]:
     """Validate a phase name and its halt_class; return them."""
     if not isinstance(phase, str) or phase not in PHASES:
-        raise InvalidPhase(f"unknown phase {phase!r}; phases are {', '.join(PHASES)}")
+        shown = repr(phase)[:64]
+        raise InvalidPhase(f"unknown phase {shown}; phases are {', '.join(PHASES)}")
     if halt_class is not None and not isinstance(halt_class, str):
         raise InvalidPhase(f"halt_class must be a string, got {type(halt_class).__name__}")
     if halt_class is not None and phase != HALTED:
