@@ -137,11 +137,14 @@ def _wait_http(port: int, proc: subprocess.Popen[bytes], log: Path, deadline_s: 
 
 @pytest.fixture
 def spawn_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Start ``python -m service`` processes (killed at teardown) with env overrides."""
+    """Start ``python -m service`` processes (killed at teardown) with env overrides;
+    ``port`` reuses a port (a pod restarted in place), else a free one is taken."""
     started: list[ServiceProcess] = []
 
-    def spawn(redis_url: str | None, *args: str, **env_overrides: str) -> ServiceProcess:
-        port = free_port()
+    def spawn(
+        redis_url: str | None, *args: str, port: int | None = None, **env_overrides: str
+    ) -> ServiceProcess:
+        port = port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MANTIS_")}
         env.update(
             MANTIS_PORT=str(port),
@@ -152,7 +155,7 @@ def spawn_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
         env.update(env_overrides)  # may replace the defaults above (MANTIS_TENANT_TOKENS)
         if redis_url:
             env["MANTIS_REDIS_URL"] = redis_url
-        log = tmp_path / f"service-{port}.log"
+        log = tmp_path / f"service-{port}-{len(started)}.log"
         handle = log.open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "service", *args],

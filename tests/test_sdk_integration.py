@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -26,7 +23,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -45,7 +41,7 @@ from runner_bridge import Bridge
 from runner_bridge.bridge import RunHandle
 from runner_bridge.calls import LogLimits
 
-from .conftest import ROOT, TOKEN_SPEC, TOKENS, ServiceProcess, _wait_http
+from .conftest import TOKENS, ServiceProcess
 
 KINDS = ["sync", "async"]
 WAIT_S = 15.0  # bound on any single wait for the client or the service
@@ -233,46 +229,6 @@ def tracker(monkeypatch: pytest.MonkeyPatch) -> Tracker:
 def bridge(redis_url: str) -> Iterator[Bridge]:
     with Bridge.from_url(redis_url, limits=LogLimits()) as b:
         yield b
-
-
-@pytest.fixture
-def service_on_port(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Start ``python -m service`` on a given port (spawn_service always picks a new one)."""
-    started: list[ServiceProcess] = []
-
-    def start(redis_url: str, port: int, **env_overrides: str) -> ServiceProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MANTIS_")}
-        env.update(
-            MANTIS_PORT=str(port),
-            MANTIS_HOST="127.0.0.1",
-            MANTIS_TENANT_TOKENS=TOKEN_SPEC,
-            MANTIS_REDIS_URL=redis_url,
-            MANTIS_STATE_DIR=str(tmp_path / "state"),
-            **env_overrides,
-        )
-        log = tmp_path / f"service-{port}-{len(started)}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "service"],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        sp = ServiceProcess(base=f"http://127.0.0.1:{port}", port=port, proc=proc, log=log)
-        started.append(sp)
-        _wait_http(port, proc, log)
-        return sp
-
-    yield start
-    for sp in started:
-        if sp.proc.poll() is None:
-            sp.proc.terminate()
-            try:
-                sp.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                sp.proc.kill()
-                sp.proc.wait()
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -503,7 +459,7 @@ def test_follow_live_run_across_soft_limit_reconnects(
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_follow_survives_service_killed_and_restarted(
-    kind, redis_url, spawn_service, service_on_port, bridge, tracker
+    kind, redis_url, spawn_service, bridge, tracker
 ):
     first = spawn_service(redis_url)
     handle = open_live_run(bridge, "killed")
@@ -519,7 +475,7 @@ def test_follow_survives_service_killed_and_restarted(
             handle.append({"kind": "step", "step_index": step, "type": "click"})
             step += 1
         tracker.wait_for(lambda: tracker.refused >= 1, "follow to retry a refused connection")
-        restarted.append(service_on_port(redis_url, first.port))
+        restarted.append(spawn_service(redis_url, port=first.port))
         step = publish_until(handle, tracker, step, stop_at=120)
         handle.finish("complete")
         return step
