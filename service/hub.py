@@ -91,7 +91,16 @@ class Subscriber:
 class Feed:
     """One run watched on this pod: its channel and its live subscribers."""
 
-    __slots__ = ("channel", "epoch", "id_prefix", "last_n", "ready", "run_id", "subscribers")
+    __slots__ = (
+        "channel",
+        "epoch",
+        "id_prefix",
+        "last_n",
+        "ready",
+        "run_id",
+        "subscribers",
+        "watchers",
+    )
 
     def __init__(self, run_id: str, id_prefix: bytes) -> None:
         self.run_id = run_id
@@ -99,6 +108,9 @@ class Feed:
         self.id_prefix = id_prefix
         self.epoch = id_prefix[:-1].decode()
         self.subscribers: list[Subscriber] = []
+        # Streams that asked for this feed, live or still replaying: the channel stays
+        # subscribed until the last of them is done, not merely the last live one.
+        self.watchers = 0
         self.last_n = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -169,21 +181,37 @@ class Hub:
         heapq.heappush(self._deadlines, (sub.deadline, next(self._order), sub))
 
     async def watch(self, run_id: str, id_prefix: bytes) -> Feed:
-        """The run's feed, subscribed and confirmed: every event announced from now on arrives."""
+        """The run's feed, subscribed and confirmed: every event announced from now on arrives.
+
+        Each call must be paired with one ``unwatch`` when the stream ends.
+        """
         channel = live_channel(run_id).encode()
         feed = self._feeds.get(channel)
         if feed is None:
             feed = self._feeds[channel] = Feed(run_id, id_prefix)
+            feed.watchers += 1
             try:
                 await asyncio.wait_for(self._connected.wait(), timeout=5.0)
                 if self._live is None:
                     raise RedisConnectionError("live connection not open")
                 self._live.subscribe(channel)
             except BaseException:
-                self._feeds.pop(channel, None)
+                self.unwatch(feed)
                 raise
-        await asyncio.wait_for(asyncio.shield(feed.ready), timeout=5.0)
+        else:
+            feed.watchers += 1
+        try:
+            await asyncio.wait_for(asyncio.shield(feed.ready), timeout=5.0)
+        except BaseException:
+            self.unwatch(feed)
+            raise
         return feed
+
+    def unwatch(self, feed: Feed) -> None:
+        """A stream that watched ``feed`` is done; the last one unsubscribes the channel."""
+        feed.watchers -= 1
+        if feed.watchers <= 0:
+            self._drop_feed(feed)
 
     def go_live(self, feed: Feed, sub: Subscriber) -> None:
         """Start live delivery to ``sub``; call with no await since its replay caught up."""
@@ -191,7 +219,7 @@ class Hub:
         feed.subscribers.append(sub)
 
     def release(self, sub: Subscriber) -> None:
-        """Forget a finished stream; the last watcher of a run unsubscribes its channel."""
+        """Forget a finished stream (its feed stays until ``unwatch``)."""
         self._all.discard(sub)
         feed = sub.feed
         if feed is None:
@@ -199,13 +227,6 @@ class Hub:
         sub.feed = None
         with contextlib.suppress(ValueError):
             feed.subscribers.remove(sub)
-        if not feed.subscribers:
-            self._drop_feed(feed)
-
-    def unwatch_if_idle(self, feed: Feed) -> None:
-        """Drop a feed that ended up with no live subscriber (replay reached terminal)."""
-        if not feed.subscribers:
-            self._drop_feed(feed)
 
     def _drop_feed(self, feed: Feed) -> None:
         if self._feeds.get(feed.channel) is not feed:

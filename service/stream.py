@@ -59,6 +59,7 @@ async def replay_then_live(
     plan: ResumePlan,
     sub: Subscriber,
     write: Write,
+    feed: Feed | None,
 ) -> None:
     """Send everything after the plan's start, then join live delivery without a seam.
 
@@ -66,9 +67,6 @@ async def replay_then_live(
     reading a long history slowly is paced, not cut; one that stops reading is cut after
     ``DRAIN_TIMEOUT_S`` and resumes by cursor.
     """
-    feed: Feed | None = None
-    if state.terminal_n is None:
-        feed = await hub.watch(state.run_id, state.id_prefix)
     after = plan.after_n
     cache = hub.frames
     while not sub.finished:
@@ -104,6 +102,5 @@ async def replay_then_live(
     if feed is None:
         return
     if sub.finished or sub.transport.is_closing():
-        hub.unwatch_if_idle(feed)
         return
     hub.go_live(feed, sub)

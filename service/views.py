@@ -7,12 +7,20 @@ import contextlib
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from runner_bridge.ids import Cursor, TimeCursor, format_event_id, is_valid_run_id, parse_cursor
 
 from .appkeys import HUB, READER, SETTINGS, TICKETS, TOKENS
-from .errors import InvalidCursor, InvalidLimit, InvalidRunId, RunNotFound, Unauthorized
-from .hub import Subscriber
+from .errors import (
+    InvalidCursor,
+    InvalidLimit,
+    InvalidRunId,
+    RunNotFound,
+    StoreUnavailable,
+    Unauthorized,
+)
+from .hub import Feed, Subscriber
 from .resume import ResumePlan, plan_resume
 from .sse import RETRY, EventStreamResponse, event_json, gap_frame
 from .store import RunState
@@ -122,6 +130,25 @@ async def stream_events(
         # 204 is what makes a browser's EventSource stop reconnecting for good.
         return web.Response(status=204, headers={"Cache-Control": "no-cache"})
     hub = request.app[HUB]
+    feed: Feed | None = None
+    if state.terminal_n is None:
+        # Subscribed (and confirmed) before the response starts: a pod that cannot hear
+        # live events answers 503 instead of a stream that would never move.
+        try:
+            feed = await hub.watch(state.run_id, state.id_prefix)
+        except (TimeoutError, RedisError) as exc:
+            raise StoreUnavailable("live events cannot be reached; retry later") from exc
+    try:
+        return await _stream(request, state, plan, feed)
+    finally:
+        if feed is not None:
+            hub.unwatch(feed)
+
+
+async def _stream(
+    request: web.Request, state: RunState, plan: ResumePlan, feed: Feed | None
+) -> web.StreamResponse:
+    hub = request.app[HUB]
     settings = request.app[SETTINGS]
     response = EventStreamResponse()
     await response.prepare(request)
@@ -141,7 +168,7 @@ async def stream_events(
         if plan.gap is not None:
             head += gap_frame(state.run_id, plan.gap[0], plan.gap[1])
         await response.write(head)
-        await replay_then_live(hub, request.app[READER], state, plan, sub, response.write)
+        await replay_then_live(hub, request.app[READER], state, plan, sub, response.write, feed)
         await sub.done
     finally:
         hub.release(sub)

@@ -235,8 +235,14 @@ async def test_a_pod_dying_mid_stream_resumes_on_the_other(
             if connected is None:
                 continue
             resp, reader = connected
-            await reader.until(has_n(follower.events[-1].n + 30), within=15)
-            stop.set()
+            target = has_n(follower.events[-1].n + 30)
+            await reader.until(target, within=15)
+            if target(reader):
+                # 30 more events arrived on this connection: let the run finish. (A
+                # reconnect can still land on the dying pod in the moment between its
+                # SIGTERM and its listener closing; that stream ends at once and the
+                # client simply reconnects again.)
+                stop.set()
             await reader.to_end(within=15)
             resp.release()
             follower.take(reader)
@@ -247,7 +253,7 @@ async def test_a_pod_dying_mid_stream_resumes_on_the_other(
     assert follower.finished
     assert len(follower.events) > before + 30
     survivors = set(pods) - {follower.pods[0]}
-    assert set(follower.pods[1:]) <= survivors, follower.pods
+    assert follower.pods[-1] in survivors, follower.pods
     assert_contiguous(follower.events, 1, follower.events[-1].n)
     steps_seen = [e.data["step_index"] for e in follower.events if e.event == "step"]
     assert steps_seen == list(range(len(steps_seen)))
