@@ -138,7 +138,6 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
         self._stopping = False
-        self.events_delivered = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -284,7 +283,6 @@ class Hub:
             events.append((n, int(t_raw), chunk(event), is_terminal))
         if not events:
             return
-        delivered = 0
         for sub in feed.subscribers:
             if sub.finished:
                 continue
@@ -308,11 +306,9 @@ class Hub:
                     break
             if parts:
                 sub.send(parts[0] if len(parts) == 1 else b"".join(parts))
-                delivered += len(parts)
             sub.last_n = last
             if ending:
                 sub.finish(ending)
-        self.events_delivered += delivered
 
     async def _read_forever(self) -> None:
         backoff = 0.1

@@ -22,6 +22,12 @@ class ResumePlan:
     gap: tuple[str, str | None] | None = None
     finished: bool = False
 
+    def gap_data(self, run_id: str) -> dict[str, str | None] | None:
+        """The ``gap`` event's data (stream and JSON page alike), or None without a gap."""
+        if self.gap is None:
+            return None
+        return {"run_id": run_id, "after": self.gap[0], "resumed_from": self.gap[1]}
+
 
 def plan_resume(state: RunState, cursor: Cursor, terminal_t: int | None) -> ResumePlan:
     """Decide the start of a stream or page for ``cursor`` on ``state``'s log."""

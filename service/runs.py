@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runner_bridge import AsyncBridge, BridgeError, InvalidPhaseMove, RunTerminal
+from runner_bridge import AsyncBridge, BridgeError
 from runner_bridge.calls import LogLimits
 
 from .appkeys import READER, SETTINGS, STORE, TOKENS
@@ -43,9 +43,7 @@ async def cancel_run(request: web.Request) -> web.Response:
     bridge = AsyncBridge(await request.app[STORE].get(), limits=limits)
     try:
         event_id = await bridge.run(run_id).finish("cancelled")
-    except (InvalidPhaseMove, RunTerminal) as exc:
-        raise Conflict(str(exc)) from None
-    except BridgeError as exc:
+    except BridgeError as exc:  # already terminal, or gone meanwhile
         raise Conflict(str(exc)) from None
     state = await request.app[READER].state(run_id)
     body = state.public() if state is not None else {"run_id": run_id, "phase": "cancelled"}

@@ -44,10 +44,9 @@ def encode_event(name: bytes, event_id: bytes | None, data: bytes) -> bytes:
     return head + b"\ndata: " + safe_data(data) + b"\n\n"
 
 
-def gap_frame(run_id: str, after: str, resumed_from: str | None) -> bytes:
-    """The ``gap`` event: the log cannot vouch for the client's cursor."""
-    body = {"run_id": run_id, "after": after, "resumed_from": resumed_from}
-    return encode_event(b"gap", None, orjson.dumps(body))
+def gap_frame(data: dict[str, str | None]) -> bytes:
+    """The ``gap`` event (no ``id:``: it is not part of the log)."""
+    return encode_event(b"gap", None, orjson.dumps(data))
 
 
 def chunk(payload: bytes) -> bytes:
@@ -56,7 +55,6 @@ def chunk(payload: bytes) -> bytes:
 
 
 PING_CHUNK = chunk(PING)
-RETRY_CHUNK = chunk(RETRY)
 
 
 class EventStreamResponse(EventSourceResponse):

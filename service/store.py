@@ -121,7 +121,5 @@ class LogReader:
     async def after(self, run_id: str, after_n: int, count: int) -> list[Entry]:
         """Up to ``count`` events after event number ``after_n``, in log order."""
         client = await self.store.get()
-        found: Any = await client.xrange(
-            log_key(run_id), f"{after_n + 1}-0", "+", count=count
-        )
+        found: Any = await client.xrange(log_key(run_id), f"{after_n + 1}-0", "+", count=count)
         return [_entry(raw_id, fields) for raw_id, fields in found]

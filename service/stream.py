@@ -21,15 +21,15 @@ REPLAY_BATCH = 500
 DRAIN_TIMEOUT_S = 30.0
 
 
+Write = Callable[[bytes], Awaitable[None]]
+
+
 def encode_entries(
-    entries: list[Entry],
-    id_prefix: bytes,
-    min_t: int | None,
-    cache: FrameCache,
-    state: RunState,
+    entries: list[Entry], state: RunState, min_t: int | None, cache: FrameCache
 ) -> bytes:
     """SSE frames of stored events (kept in the pod's cache), filtered by ``min_t`` if set."""
     parts = []
+    id_prefix = state.id_prefix
     for entry in entries:
         frame = encode_event(entry.name, id_prefix + b"%010d" % entry.n, entry.data)
         cache.put(state.run_id, state.epoch, entry.n, frame, entry.name == b"terminal")
@@ -47,9 +47,6 @@ async def _write(write: Write, payload: bytes, sub: Subscriber) -> bool:
         sub.finish(CLOSED)
         return False
     return True
-
-
-Write = Callable[[bytes], Awaitable[None]]
 
 
 async def replay_then_live(
@@ -81,26 +78,21 @@ async def replay_then_live(
                 break
             after = cached.last_n
             if cached.terminal:
-                sub.last_n = after
                 sub.finish(TERMINAL)
                 break
             continue
         entries = await reader.after(state.run_id, after, REPLAY_BATCH)
         if entries:
-            frames = encode_entries(entries, state.id_prefix, plan.min_t, cache, state)
+            frames = encode_entries(entries, state, plan.min_t, cache)
             if frames and not await _write(write, frames, sub):
                 break
             after = entries[-1].n
             if entries[-1].name == b"terminal":
-                sub.last_n = after
                 sub.finish(TERMINAL)
                 break
         caught_up = len(entries) < REPLAY_BATCH and (feed is None or after >= feed.last_n)
         if caught_up or not entries:
             break
     sub.last_n = after
-    if feed is None:
-        return
-    if sub.finished or sub.transport.is_closing():
-        return
-    hub.go_live(feed, sub)
+    if feed is not None and not sub.finished and not sub.transport.is_closing():
+        hub.go_live(feed, sub)

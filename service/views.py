@@ -165,8 +165,9 @@ async def _stream(
     hub.track(sub)
     try:
         head = RETRY
-        if plan.gap is not None:
-            head += gap_frame(state.run_id, plan.gap[0], plan.gap[1])
+        gap = plan.gap_data(state.run_id)
+        if gap is not None:
+            head += gap_frame(gap)
         await response.write(head)
         await replay_then_live(hub, request.app[READER], state, plan, sub, response.write, feed)
         await sub.done
@@ -197,21 +198,14 @@ async def page(
     """Up to ``limit`` events after the cursor, as the JSON page of the contract."""
     reader = request.app[READER]
     events: list[dict[str, Any]] = []
-    if plan.gap is not None:
-        events.append(
-            {
-                "event": "gap",
-                "id": None,
-                "data": {"run_id": state.run_id, "after": plan.gap[0], "resumed_from": plan.gap[1]},
-            }
-        )
+    gap = plan.gap_data(state.run_id)
+    if gap is not None:
+        events.append({"event": "gap", "id": None, "data": gap})
     after = plan.after_n
     done = plan.finished
     wanted = limit
     while not done and wanted > 0:
-        entries = await reader.after(
-            state.run_id, after, min(wanted, 1000) if plan.min_t else wanted
-        )
+        entries = await reader.after(state.run_id, after, wanted)
         if not entries:
             break
         for entry in entries:
