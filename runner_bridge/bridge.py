@@ -9,7 +9,6 @@ import os
 from types import TracebackType
 from typing import Any, Self
 
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import ResponseError
 
 from .calls import (
@@ -28,6 +27,7 @@ from .calls import (
 from .connect import AsyncClient, SyncClient, async_client, sync_client
 from .errors import InvalidPhase
 from .phases import TERMINAL_PHASES
+from .pipeline import AsyncScriptPipeline
 from .records import check_run_id
 from .store_url import resolve_redis_url
 
@@ -188,6 +188,7 @@ class AsyncBridge:
         self._url = url
         self.limits = limits or limits_from_env()
         self._scripts: dict[str, Any] = {}
+        self._pipeline: AsyncScriptPipeline | None = None
 
     @property
     def client(self) -> AsyncClient:
@@ -228,19 +229,19 @@ class AsyncBridge:
         return event_id or ""
 
     async def write_many(self, run_id: str, calls: list[Call]) -> list[str]:
-        """Pipeline several prepared calls (no MULTI: each script is atomic on its own)."""
+        """Pipeline several prepared calls (no MULTI: each script is atomic on its own).
+
+        Every call is sent; the first refusal, if any, is raised afterwards.
+        """
         client = await self._connect()
-        if isinstance(client, AsyncRedisCluster):
-            # Script pipelines differ on a cluster client; one run's keys share a node anyway.
-            return [await self._write(run_id, call) for call in calls]
-        pipe = client.pipeline(transaction=False)
-        for source, keys, args in calls:
-            # Awaiting on a pipeline only queues the EVALSHA (and registers the script).
-            await self._script(source)(keys=keys, args=args, client=pipe)
-        try:
-            replies = await pipe.execute()
-        except ResponseError as exc:
-            raise translate_error(exc, run_id) from None
+        if self._pipeline is None:
+            self._pipeline = AsyncScriptPipeline(client)
+        replies = await self._pipeline.execute(calls)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise translate_error(reply, run_id) from None
+            if isinstance(reply, Exception):
+                raise reply
         return [write_result(reply).event_id or "" for reply in replies]
 
     async def _run(self, run_id: str, call: Call) -> Any:

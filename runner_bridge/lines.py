@@ -7,8 +7,6 @@ records the position atomically with the event and a re-sent line is a no-op.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
 from .bridge import AsyncBridge, Bridge
 from .calls import (
@@ -32,6 +30,7 @@ from .calls import (
 from .errors import BridgeError
 from .ids import parse_ts_us
 from .phases import TERMINAL_PHASES
+from .pipeline import AsyncScriptPipeline, ScriptPipeline
 from .records import row_record
 
 # Lines per pipelined round trip: large enough that the round trip is noise next to the
@@ -143,34 +142,14 @@ def ends_batch(pending: Sequence[LineCall]) -> bool:
 
 
 class _Batches:
-    """What the sync and asyncio batch writers share: script loading and reading replies.
+    """What the sync and asyncio batch writers share: turning replies into outcomes.
 
-    A batch is one pipeline, not a transaction: each script is atomic on its own and one
-    refused line (an invalid phase move, say) does not undo or block the others. It works
-    on a plain and on a cluster client alike: one run's keys share a slot, so a batch goes
-    to one node.
+    Lines carry their file position, so a batch may be re-sent whole (see pipeline.py);
+    one refused line (an invalid phase move, say) does not undo or block the others.
     """
 
     def __init__(self, run_id: str) -> None:
         self._run_id = run_id
-        self._loaded: set[str] = set()  # script sources known to be in the store
-
-    def _to_load(self, items: Sequence[LineCall]) -> set[str]:
-        return {item.call[0] for item in items} - self._loaded
-
-    def _lost_scripts(self, replies: Sequence[Any]) -> bool:
-        # The store lost its scripts (a restart, SCRIPT FLUSH): the caller loads them and
-        # sends the batch again; lines already written are no-ops the second time.
-        if any(isinstance(reply, NoScriptError) for reply in replies):
-            self._loaded.clear()
-            return True
-        return False
-
-    @staticmethod
-    def _queue(pipe: Any, items: Sequence[LineCall]) -> None:
-        for item in items:
-            source, keys, args = item.call
-            pipe.execute_command("EVALSHA", _sha1(source), len(keys), *keys, *args)
 
     def _outcomes(self, items: Sequence[LineCall], replies: Sequence[Any]) -> list[Outcome]:
         return [self._outcome(item, reply) for item, reply in zip(items, replies, strict=True)]
@@ -192,24 +171,14 @@ class BatchWriter(_Batches):
     def __init__(self, bridge: AsyncBridge, run_id: str) -> None:
         super().__init__(run_id)
         self._bridge = bridge
+        self._pipeline: AsyncScriptPipeline | None = None
 
     async def send(self, items: Sequence[LineCall]) -> list[Outcome]:
         """Send ``items`` in order; one outcome per item. Store failures raise."""
-        if not items:
-            return []
-        replies = await self._execute(items)
-        if self._lost_scripts(replies):
-            replies = await self._execute(items)
-        return self._outcomes(items, replies)
-
-    async def _execute(self, items: Sequence[LineCall]) -> list[Any]:
-        client = self._bridge.client
-        for source in self._to_load(items):
-            await client.script_load(source)
-            self._loaded.add(source)
-        pipe = client.pipeline(transaction=False)
-        self._queue(pipe, items)
-        return list(await pipe.execute(raise_on_error=False))
+        if self._pipeline is None:
+            self._pipeline = AsyncScriptPipeline(self._bridge.client)
+        calls = [item.call for item in items]
+        return self._outcomes(items, await self._pipeline.execute(calls, idempotent=True))
 
 
 class SyncBatchWriter(_Batches):
@@ -221,27 +190,9 @@ class SyncBatchWriter(_Batches):
 
     def __init__(self, bridge: Bridge, run_id: str) -> None:
         super().__init__(run_id)
-        self._bridge = bridge
+        self._pipeline = ScriptPipeline(bridge.client)
 
     def send(self, items: Sequence[LineCall]) -> list[Outcome]:
         """Send ``items`` in order; one outcome per item. Store failures raise."""
-        if not items:
-            return []
-        replies = self._execute(items)
-        if self._lost_scripts(replies):
-            replies = self._execute(items)
-        return self._outcomes(items, replies)
-
-    def _execute(self, items: Sequence[LineCall]) -> list[Any]:
-        client = self._bridge.client
-        for source in self._to_load(items):
-            client.script_load(source)
-            self._loaded.add(source)
-        pipe = client.pipeline(transaction=False)
-        self._queue(pipe, items)
-        return list(pipe.execute(raise_on_error=False))
-
-
-@functools.cache
-def _sha1(source: str) -> str:
-    return hashlib.sha1(source.encode()).hexdigest()
+        calls = [item.call for item in items]
+        return self._outcomes(items, self._pipeline.execute(calls, idempotent=True))

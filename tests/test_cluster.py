@@ -65,3 +65,13 @@ async def test_stream_across_slots_replay_and_live(aiohttp_client, cluster_url: 
         results = await asyncio.wait_for(asyncio.gather(*readers), timeout=20)
     for names in results:
         assert names == ["phase", "phase", "step", "step", "phase", "terminal"]
+
+
+async def test_pipelined_appends_on_a_cluster(cluster_url: str) -> None:
+    async with AsyncBridge.from_url(cluster_url) as bridge:
+        run = await bridge.open_run("cl-many", tenant="acme")
+        ids = await run.append_many([{"kind": "step", "step_index": i} for i in range(5)])
+        assert [int(i.split("-")[1]) for i in ids] == [2, 3, 4, 5, 6]
+        await bridge.client.script_flush()  # the store forgets its scripts: loaded again
+        more = await run.append_many([{"kind": "step", "step_index": 5}])
+        assert int(more[0].split("-")[1]) == 7
