@@ -14,9 +14,9 @@ import sys
 import time
 from typing import Any
 
+from runlog.calls import Call, LogLimits, append_call
 from runner_bridge import AsyncBridge
 from runner_bridge.bridge import AsyncRunHandle
-from runner_bridge.calls import Call, LogLimits, append_call
 
 from .worker import run, serve
 

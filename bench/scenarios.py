@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from runner_bridge.keys import log_key, meta_key
+from runlog.keys import log_key, meta_key
 
 from .env import TENANT, Env, command_delta
 from .procs import CLIENT_CORE, ROOT, Meter, pinned, rss_kb

@@ -1,7 +1,6 @@
 """Runner side of Mantis run events: publish rows and phase moves to a run's Redis log."""
 
-from .bridge import AsyncBridge, AsyncRunHandle, Bridge, RunHandle
-from .errors import (
+from runlog.errors import (
     BridgeError,
     InvalidPhase,
     InvalidPhaseMove,
@@ -12,6 +11,8 @@ from .errors import (
     StoreNotConfigured,
     TenantMismatch,
 )
+
+from .bridge import AsyncBridge, AsyncRunHandle, Bridge, RunHandle
 
 __all__ = [
     "AsyncBridge",

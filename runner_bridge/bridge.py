@@ -5,13 +5,14 @@ Both take a ready Redis client (``from_url`` builds one), so a test can hand in 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from types import TracebackType
 from typing import Any, Self
 
 from redis.exceptions import ResponseError
 
-from .calls import (
+from runlog.calls import (
     DEFAULT_MAXLEN,
     DEFAULT_RETENTION_S,
     Call,
@@ -24,12 +25,12 @@ from .calls import (
     translate_error,
     write_result,
 )
-from .connect import AsyncClient, SyncClient, async_client, sync_client
-from .errors import InvalidPhase
-from .phases import TERMINAL_PHASES
-from .pipeline import AsyncScriptPipeline
-from .records import check_run_id
-from .store_url import resolve_redis_url
+from runlog.connect import AsyncClient, SyncClient, async_client, is_cluster, sync_client
+from runlog.errors import InvalidPhase
+from runlog.phases import TERMINAL_PHASES
+from runlog.pipeline import AsyncScriptPipeline
+from runlog.records import check_run_id
+from runlog.store_url import resolve_redis_url
 
 
 def limits_from_env() -> LogLimits:
@@ -51,6 +52,13 @@ def _positive_int(name: str, default: int) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {raw!r}")
     return value
+
+
+def for_client(limits: LogLimits, client: object) -> LogLimits:
+    """The limits as this store allows: no tenant feed on a Redis Cluster (another slot)."""
+    if limits.feed and is_cluster(client):
+        return dataclasses.replace(limits, feed=False)
+    return limits
 
 
 def _finish_phase(phase: str) -> str:
@@ -91,7 +99,7 @@ class Bridge:
 
     def __init__(self, client: SyncClient, *, limits: LogLimits | None = None) -> None:
         self.client = client
-        self.limits = limits or limits_from_env()
+        self.limits = for_client(limits or limits_from_env(), client)
         self._scripts: dict[str, Any] = {}
 
     @classmethod
@@ -163,6 +171,7 @@ class AsyncRunHandle:
 
     async def set_phase(self, phase: str, *, halt_class: str | None = None) -> str:
         """Move the run to ``phase``; returns the id of the last record written."""
+        await self._bridge._connect()  # the limits depend on the kind of store
         call = set_phase_call(self.run_id, phase, self._bridge.limits, halt_class)
         return await self._bridge._write(self.run_id, call)
 
@@ -187,6 +196,8 @@ class AsyncBridge:
         self._client = client
         self._url = url
         self.limits = limits or limits_from_env()
+        if client is not None:
+            self.limits = for_client(self.limits, client)
         self._scripts: dict[str, Any] = {}
         self._pipeline: AsyncScriptPipeline | None = None
 
@@ -202,6 +213,7 @@ class AsyncBridge:
         # asking it: the client is made on first use.
         if self._client is None:
             self._client = await async_client(self._url)
+            self.limits = for_client(self.limits, self._client)
         return self._client
 
     @classmethod
@@ -211,6 +223,7 @@ class AsyncBridge:
 
     async def open_run(self, run_id: str, *, tenant: str) -> AsyncRunHandle:
         """Open (create in ``queued`` if new) the run and return its writer."""
+        await self._connect()  # the limits depend on the kind of store (cluster or not)
         reply = await self._run(run_id, open_run_call(run_id, tenant, self.limits))
         phase, _created = open_result(reply)
         return AsyncRunHandle(self, run_id, tenant, phase)

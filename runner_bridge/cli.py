@@ -21,10 +21,9 @@ from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .bridge import AsyncBridge, Bridge, limits_from_env
-from .calls import LogLimits
-from .connect import async_client, sync_client
-from .errors import (
+from runlog.calls import LogLimits
+from runlog.connect import async_client, sync_client
+from runlog.errors import (
     BridgeError,
     InvalidPhase,
     InvalidPhaseMove,
@@ -33,11 +32,13 @@ from .errors import (
     RunTerminal,
     StoreNotConfigured,
 )
+from runlog.phases import PHASES
+from runlog.records import check_phase, check_run_id
+from runlog.store_url import redact_url, resolve_redis_url
+
+from .bridge import AsyncBridge, Bridge, limits_from_env
 from .lines import BadLine
-from .phases import PHASES
-from .records import check_phase, check_run_id
 from .replay import ReplayReport, replay
-from .store_url import redact_url, resolve_redis_url
 from .tail import DEFAULT_POLL_INTERVAL_S, Follower, TailReport
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

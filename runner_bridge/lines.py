@@ -16,8 +16,7 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
-from .bridge import AsyncBridge, Bridge
-from .calls import (
+from runlog.calls import (
     Call,
     LogLimits,
     SourcePosition,
@@ -27,11 +26,13 @@ from .calls import (
     translate_error,
     write_result,
 )
-from .errors import BridgeError
-from .ids import parse_ts_us
-from .phases import TERMINAL_PHASES
-from .pipeline import AsyncScriptPipeline, ScriptPipeline
-from .records import row_record
+from runlog.errors import BridgeError
+from runlog.ids import parse_ts_us
+from runlog.phases import TERMINAL_PHASES
+from runlog.pipeline import AsyncScriptPipeline, ScriptPipeline
+from runlog.records import row_record
+
+from .bridge import AsyncBridge, Bridge
 
 # Lines per pipelined round trip: large enough that the round trip is noise next to the
 # scripts' own work, small enough that a slow store still sees progress every few ms.

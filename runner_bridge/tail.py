@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from runlog.errors import BridgeError, InvalidPhaseMove, RunNotFound, RunTerminal
+from runlog.keys import meta_key
+from runlog.phases import is_terminal
+
 from .bridge import Bridge
-from .errors import BridgeError, InvalidPhaseMove, RunNotFound, RunTerminal
-from .keys import meta_key
 from .lines import BadLine, Line, LineCall, SyncBatchWriter, ends_batch, line_call, source_name
-from .phases import is_terminal
 
 DEFAULT_POLL_INTERVAL_S = 0.05
 # Bytes read from the file per pass: thousands of typical lines, bounded memory.

@@ -12,7 +12,7 @@ import sys
 
 from aiohttp import web
 
-from runner_bridge.store_url import redact_url
+from runlog.store_url import redact_url
 
 from .app import create_app
 from .auth import TokenConfigError, TokenTable

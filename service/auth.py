@@ -13,6 +13,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from runlog.records import TENANT_RE
+
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -44,6 +46,11 @@ class TokenTable:
             if not sep or not tenant or not token:
                 raise TokenConfigError(
                     f"MANTIS_TENANT_TOKENS entry {position} must look like tenant=token"
+                )
+            if TENANT_RE.fullmatch(tenant) is None:
+                raise TokenConfigError(
+                    f"MANTIS_TENANT_TOKENS entry {position}: a tenant name must match "
+                    "[A-Za-z0-9_.-]{1,64}"
                 )
             if token.startswith("sha256:"):
                 hexpart = token[len("sha256:") :]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fakeredis import TcpFakeServer
 
-from runner_bridge.store_url import embedded_url_file
+from runlog.store_url import embedded_url_file
 
 DEFAULT_PORT = 7379
 

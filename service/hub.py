@@ -24,7 +24,8 @@ import time
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from runner_bridge.keys import live_channel
+from runlog.announce import decode
+from runlog.keys import live_channel
 
 from .frame_cache import FrameCache
 from .live_connection import LiveConnection, Message
@@ -267,8 +268,7 @@ class Hub:
         """Fan announced events out to the feed's live subscribers, encoded once each."""
         events: list[tuple[int, int, bytes, bool]] = []
         for payload in payloads:
-            n_raw, t_raw, name, data = payload.split(b":", 3)
-            n = int(n_raw)
+            n, t, name, data = decode(payload)
             if n <= feed.last_n:
                 if n == 1:
                     # The log was lost and re-created: these clients' cursors belong to the
@@ -280,7 +280,7 @@ class Hub:
             event = encode_event(name, feed.id_prefix + b"%010d" % n, data)
             is_terminal = name == b"terminal"
             self.frames.put(feed.run_id, feed.epoch, n, event, is_terminal)
-            events.append((n, int(t_raw), chunk(event), is_terminal))
+            events.append((n, t, chunk(event), is_terminal))
         if not events:
             return
         for sub in feed.subscribers:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runner_bridge.ids import Cursor, IdCursor, format_event_id
+from runlog.ids import Cursor, IdCursor, format_event_id
 
 from .store import RunState
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from runlog.calls import LogLimits
 from runner_bridge import AsyncBridge, BridgeError
-from runner_bridge.calls import LogLimits
 
 from .appkeys import READER, SETTINGS, STORE, TOKENS
 from .errors import Conflict, Unauthorized

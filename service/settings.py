@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from runner_bridge.calls import DEFAULT_MAXLEN, DEFAULT_RETENTION_S
+from runlog.calls import DEFAULT_MAXLEN, DEFAULT_RETENTION_S
 
 
 class SettingsError(ValueError):

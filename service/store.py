@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from runner_bridge.keys import log_key, meta_key
+from runlog.keys import log_key, meta_key
 
 from .store_client import StoreClient
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from runner_bridge.connect import AsyncClient, async_client
+from runlog.connect import AsyncClient, async_client
 
 
 class StoreClient:
@@ -29,7 +29,9 @@ class StoreClient:
             return client
         async with self._lock:
             if self._client is None:
-                self._client = await async_client(self._url, self._max_connections)
+                self._client = await async_client(
+                    self._url, self._max_connections, socket_timeout=10
+                )
             return self._client
 
     async def aclose(self) -> None:

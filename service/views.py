@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from runner_bridge.ids import Cursor, TimeCursor, format_event_id, is_valid_run_id, parse_cursor
+from runlog.ids import Cursor, TimeCursor, format_event_id, is_valid_run_id, parse_cursor
 
 from .appkeys import HUB, READER, SETTINGS, TICKETS, TOKENS
 from .errors import (

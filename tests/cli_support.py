@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import redis
 
-from runner_bridge.keys import log_key, meta_key
+from runlog.keys import log_key, meta_key
 
 from .conftest import ROOT
 

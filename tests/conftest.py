@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import redis
 
+from runlog.calls import LogLimits
 from runner_bridge import AsyncBridge, Bridge
-from runner_bridge.calls import LogLimits
 from service.app import create_app
 from service.auth import TokenTable
 from service.embedded import EmbeddedStore
@@ -25,16 +25,16 @@ from service.settings import Settings
 from .redis_server import free_port, running_redis
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 TOKENS = {"acme": "token-acme-secret", "other": "token-other-secret"}
 TOKEN_SPEC = ",".join(f"{tenant}={token}" for tenant, token in TOKENS.items())
 
 
 def fixture_path(name: str) -> Path:
-    """A file of the shared sample runs; the tests skip nothing when it is present."""
+    """A sample run of ``tests/fixtures`` (see its README)."""
     path = FIXTURES / name
     if not path.exists():
-        pytest.fail(f"shared fixture {path} is missing")
+        pytest.fail(f"sample run {path} is missing")
     return path
 
 

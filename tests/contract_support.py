@@ -18,9 +18,9 @@ from typing import Any
 
 from aiohttp import ClientPayloadError, ClientResponse
 
+from runlog.calls import append_call
+from runlog.scripts import APPEND_ROW
 from runner_bridge import AsyncBridge, Bridge
-from runner_bridge.calls import append_call
-from runner_bridge.scripts import APPEND_ROW
 
 EVENT_ID_RE = re.compile(r"[0-9a-z]{11,12}-[0-9]{10,19}")
 TOKEN_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -11,6 +11,7 @@ import orjson
 import pytest
 import redis
 
+from runlog.keys import log_key, meta_key
 from runner_bridge import (
     AsyncBridge,
     Bridge,
@@ -21,7 +22,6 @@ from runner_bridge import (
     RunTerminal,
     TenantMismatch,
 )
-from runner_bridge.keys import log_key, meta_key
 
 STAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3,6}(Z|\+00:00)")
 

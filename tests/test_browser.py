@@ -26,8 +26,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from runlog.calls import LogLimits
 from runner_bridge import AsyncBridge
-from runner_bridge.calls import LogLimits
 
 from .conftest import TOKENS
 from .redis_server import free_port

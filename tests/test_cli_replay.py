@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis
 
-from runner_bridge.keys import live_channel
+from runlog.keys import live_channel
 from runner_bridge.replay import Pacer
 
 from .cli_support import (

@@ -11,8 +11,8 @@ import orjson
 import redis
 from redis.cluster import RedisCluster
 
+from runlog.keys import log_key, meta_key
 from runner_bridge import Bridge
-from runner_bridge.keys import log_key, meta_key
 from runner_bridge.tail import MAX_LINE_BYTES, LineReader
 
 from .cli_support import (

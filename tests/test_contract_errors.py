@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from runlog.calls import LogLimits
 from runner_bridge import Bridge
-from runner_bridge.calls import LogLimits
 from service.app import create_app
 from service.auth import TokenTable
 from service.settings import Settings

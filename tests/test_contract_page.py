@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from runlog.calls import LogLimits
 from runner_bridge import AsyncBridge, Bridge
-from runner_bridge.calls import LogLimits
 
 from .conftest import fixture_path
 from .contract_support import (

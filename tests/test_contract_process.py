@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from runlog.calls import LogLimits
 from runner_bridge import AsyncBridge, Bridge
-from runner_bridge.calls import LogLimits
 
 from .conftest import TOKENS
 from .contract_support import PAGE, SSE, Reader, assert_contiguous, has_n, steps

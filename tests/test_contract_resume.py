@@ -11,10 +11,10 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
+from runlog.calls import LogLimits
+from runlog.ids import new_epoch
+from runlog.keys import dedup_key, log_key, meta_key
 from runner_bridge import AsyncBridge, Bridge
-from runner_bridge.calls import LogLimits
-from runner_bridge.ids import new_epoch
-from runner_bridge.keys import dedup_key, log_key, meta_key
 
 from .contract_support import (
     SSE,

@@ -19,8 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from runlog.calls import LogLimits
 from runner_bridge import AsyncBridge
-from runner_bridge.calls import LogLimits
 
 from .conftest import TOKENS
 from .contract_support import SSE, Event, Reader, assert_contiguous, has_n, is_terminal

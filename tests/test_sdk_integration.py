@@ -37,9 +37,9 @@ from mantis_agent import (
     Unauthorized,
 )
 from mantis_agent.client import Event, MantisClient
+from runlog.calls import LogLimits
 from runner_bridge import Bridge
 from runner_bridge.bridge import RunHandle
-from runner_bridge.calls import LogLimits
 
 from .conftest import TOKENS, ServiceProcess
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidPhase, InvalidRow, InvalidRunId
+from .errors import InvalidPhase, InvalidRow, InvalidRunId, InvalidTenant
 from .ids import is_valid_run_id, now_ts, parse_ts_us
 from .phases import HALTED, PHASES, RESERVED_EVENT_NAMES, TERMINAL_PHASES
 
@@ -30,6 +30,16 @@ class Record:
     event: str
     data: bytes
     t_us: int
+
+
+TENANT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def check_tenant(tenant: object) -> str:
+    """Return ``tenant`` or raise ``InvalidTenant``; tenant names become parts of keys."""
+    if not isinstance(tenant, str) or TENANT_RE.fullmatch(tenant) is None:
+        raise InvalidTenant(f"tenant {str(tenant)[:80]!r} must match [A-Za-z0-9_.-]{{1,64}}")
+    return tenant
 
 
 def check_run_id(run_id: str) -> str:

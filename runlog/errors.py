@@ -1,4 +1,4 @@
-"""Named errors of the runner bridge; each message says what was wrong."""
+"""Named errors of the run log's writers; each message says what was wrong."""
 
 
 class BridgeError(Exception):
@@ -35,3 +35,15 @@ class TenantMismatch(BridgeError, PermissionError):
 
 class StoreNotConfigured(BridgeError, RuntimeError):
     """No Redis URL was given and no embedded store is running on this machine."""
+
+
+class RunExists(BridgeError, ValueError):
+    """A submit named a run id that is already taken; nothing written."""
+
+
+class IdempotencyKeyReused(BridgeError, ValueError):
+    """An ``Idempotency-Key`` seen before came with another request body; nothing written."""
+
+
+class InvalidTenant(BridgeError, ValueError):
+    """A tenant name outside ``[A-Za-z0-9_.-]{1,64}``."""

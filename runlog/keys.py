@@ -30,3 +30,36 @@ def live_channel(run_id: str) -> str:
 def run_keys(run_id: str) -> list[str]:
     """The keys every log script takes, in the order the scripts expect them."""
     return [meta_key(run_id), log_key(run_id), dedup_key(run_id), live_channel(run_id)]
+
+
+def request_key(run_id: str) -> str:
+    """String: the submitted request body of a run (JSON), kept as long as its log."""
+    return f"{PREFIX}:{{{run_id}}}:request"
+
+
+# A tenant's feed is a log of the same shape as a run's (meta, log, dedup, live), so every
+# reader of a run's log reads it too. Its name cannot be a run id: run ids have no ``:``.
+FEED_PREFIX = "tenant:"
+
+
+def feed_name(tenant: str) -> str:
+    """The log name of ``tenant``'s lifecycle feed (``GET /v1/events``)."""
+    return f"{FEED_PREFIX}{tenant}"
+
+
+def feed_keys(tenant: str) -> list[str]:
+    """The feed's keys, in the order of ``run_keys``."""
+    return run_keys(feed_name(tenant))
+
+
+QUEUE_GROUP = "workers"
+
+
+def queue_key() -> str:
+    """Stream: submitted runs waiting for (or held by) a worker; consumer group ``workers``."""
+    return f"{PREFIX}:{{queue}}:jobs"
+
+
+def idempotency_key(tenant: str, key_digest: str) -> str:
+    """String: the run an ``Idempotency-Key`` created, with the digest of its body (24 h)."""
+    return f"{PREFIX}:{{idem}}:{tenant}:{key_digest}"

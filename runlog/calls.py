@@ -14,14 +14,24 @@ from redis.exceptions import ResponseError
 from . import scripts
 from .errors import (
     BridgeError,
+    IdempotencyKeyReused,
     InvalidPhaseMove,
+    RunExists,
     RunNotFound,
     RunTerminal,
     TenantMismatch,
 )
 from .ids import format_event_id, new_epoch, now_ts
-from .keys import run_keys
-from .records import Record, check_phase, check_run_id, phase_records, row_record
+from .keys import idempotency_key, queue_key, request_key, run_keys
+from .phases import CANCELLED
+from .records import (
+    Record,
+    check_phase,
+    check_run_id,
+    check_tenant,
+    phase_records,
+    row_record,
+)
 
 DEFAULT_MAXLEN = 100_000
 DEFAULT_RETENTION_S = 604_800
@@ -29,10 +39,12 @@ DEFAULT_RETENTION_S = 604_800
 
 @dataclass(frozen=True, slots=True)
 class LogLimits:
-    """How much of a run's log Redis keeps, and for how long after its last write."""
+    """How much of a run's log Redis keeps, for how long after its last write, and whether
+    lifecycle changes are also written to the tenant's feed (not on Redis Cluster)."""
 
     maxlen: int = DEFAULT_MAXLEN
     retention_s: int = DEFAULT_RETENTION_S
+    feed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +65,77 @@ def _position_args(position: SourcePosition | None) -> list[Any]:
     return [position.source, position.offset, position.next_offset]
 
 
-def open_run_call(run_id: str, tenant: str, limits: LogLimits) -> Call:
-    """Create the run in ``queued`` with its first record, or find it if it exists."""
+def _feed_epoch(feed: bool) -> str:
+    # A fresh epoch for the tenant feed, used by the script only if the feed is new; ''
+    # tells the script to write no feed (Redis Cluster: the feed lives in another slot).
+    return new_epoch() if feed else ""
+
+
+def _queued_args(run_id: str, tenant: str, limits: LogLimits) -> list[Any]:
+    """ARGV 1-9 shared by OPEN_RUN and SUBMIT: the new run and its ``queued`` record."""
     check_run_id(run_id)
-    if not isinstance(tenant, str) or not tenant:
-        raise ValueError("tenant must be a non-empty string")
+    check_tenant(tenant)
     created_at, _ = now_ts()
     queued, _ = phase_records(run_id, "queued", None)
-    args = [tenant, created_at, new_epoch(), queued.data, queued.t_us]
-    return scripts.OPEN_RUN, run_keys(run_id), [*args, limits.maxlen, limits.retention_s]
+    return [
+        tenant,
+        created_at,
+        new_epoch(),
+        queued.data,
+        queued.t_us,
+        limits.maxlen,
+        limits.retention_s,
+        run_id,
+        _feed_epoch(limits.feed),
+    ]
+
+
+def open_run_call(run_id: str, tenant: str, limits: LogLimits) -> Call:
+    """Create the run in ``queued`` with its first record, or find it if it exists."""
+    return scripts.OPEN_RUN, run_keys(run_id), _queued_args(run_id, tenant, limits)
+
+
+IDEMPOTENCY_TTL_S = 86_400
+
+
+def submit_call(
+    run_id: str,
+    tenant: str,
+    request: bytes,
+    limits: LogLimits,
+    *,
+    idempotency_digest: str | None = None,
+    body_digest: str = "",
+) -> Call:
+    """Create the run ``queued``, keep its request and queue it, in one step.
+
+    With ``idempotency_digest`` (the digest of the caller's ``Idempotency-Key``), a second
+    submit under the same key creates nothing and names the first run instead.
+    """
+    idem = "" if idempotency_digest is None else idempotency_key(tenant, idempotency_digest)
+    keys = [*run_keys(run_id), request_key(run_id), queue_key(), idem]
+    args = [*_queued_args(run_id, tenant, limits), request, body_digest, IDEMPOTENCY_TTL_S]
+    return scripts.SUBMIT, keys, args
+
+
+def cancel_call(run_id: str, limits: LogLimits) -> Call:
+    """Cancel a queued run at once, or ask the runner of a running one to cancel it."""
+    check_run_id(run_id)
+    phase_rec, terminal_rec = phase_records(run_id, CANCELLED, None)
+    if terminal_rec is None:  # cancelled is terminal: phase_records always gives one
+        raise RuntimeError("no terminal record for a cancel")
+    updated_at, _ = now_ts()
+    args = [
+        phase_rec.data,
+        terminal_rec.data,
+        phase_rec.t_us,
+        limits.maxlen,
+        limits.retention_s,
+        updated_at,
+        run_id,
+        _feed_epoch(limits.feed),
+    ]
+    return scripts.CANCEL, run_keys(run_id), args
 
 
 def append_call(
@@ -112,6 +186,8 @@ def set_phase_call(
         limits.retention_s,
         updated_at,
         *_position_args(position),
+        run_id,
+        _feed_epoch(limits.feed),
     ]
     return scripts.SET_PHASE, run_keys(run_id), args
 
@@ -144,6 +220,8 @@ _CODES: dict[str, type[BridgeError]] = {
     "TERMINAL": RunTerminal,
     "BADMOVE": InvalidPhaseMove,
     "TENANT": TenantMismatch,
+    "EXISTS": RunExists,
+    "REUSED": IdempotencyKeyReused,
 }
 
 
