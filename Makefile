@@ -2,15 +2,21 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Which locked set `make install` puts in .venv: dev (everything), service, runner or sdk.
+LOCK   ?= requirements/dev.lock
+# uv resolves the locks (fast, and it writes hashes for every platform's files); it is
+# installed into .venv only by `make lock`, never needed to install.
+UV_SPEC ?= uv>=0.5,<1
+LOCKS  := sdk runner service dev
 
-.PHONY: install tools run test lint bench clean
+.PHONY: install tools run test lint bench lock lock-upgrade clean
 
-install: $(VENV)/.installed          ## create .venv and install the project with its test tools
+install: $(VENV)/.installed          ## create .venv and install the locked dev set (tests, lint, bench)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,lint,fast,bench]'
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 tools:                               ## the programs the tests drive (redis-server, haproxy, chromium, curl)
@@ -28,6 +34,28 @@ lint: install                         ## ruff and mypy (strict on the packages)
 
 bench: install                        ## the benchmark: table on stdout, JSON in bench/results/
 	$(BIN)/python -m bench
+
+# `make lock` re-resolves requirements/*.lock from pyproject.toml, keeping every pin that
+# still fits (add a dependency, run it, commit the locks); `make lock-upgrade` moves every
+# pin to the newest release the ranges allow.
+lock: $(BIN)/uv                       ## refresh requirements/*.lock after a change to pyproject.toml
+	@for set in $(LOCKS); do $(MAKE) -s --no-print-directory lock-one SET=$$set || exit 1; done
+
+lock-upgrade: $(BIN)/uv               ## the same, moving every pin to the newest allowed release
+	@for set in $(LOCKS); do $(MAKE) -s --no-print-directory lock-one SET=$$set UV_FLAGS=--upgrade || exit 1; done
+
+# One lock: the SDK's is the base dependencies only, runner and service their extras, dev
+# every extra. Universal (markers for every platform) and for Python 3.11, the oldest we run.
+lock-one:
+	$(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	  --custom-compile-command 'make lock' $(UV_FLAGS) \
+	  $(if $(filter dev,$(SET)),--all-extras,$(if $(filter sdk,$(SET)),,--extra $(SET))) \
+	  pyproject.toml requirements/build.in -o requirements/$(SET).lock
+	@echo "requirements/$(SET).lock: $$(grep -c '^[a-z0-9]' requirements/$(SET).lock) packages"
+
+$(BIN)/uv:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q '$(UV_SPEC)'
 
 clean:
 	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache
