@@ -7,7 +7,7 @@ LOCK   ?= requirements/dev.lock
 # uv resolves the locks (fast, and it writes hashes for every platform's files); it is
 # installed into .venv only by `make lock`, never needed to install.
 UV_SPEC ?= uv>=0.5,<1
-LOCKS  := sdk runner service dev
+LOCKS  := dev sdk runner service
 
 .PHONY: install tools run test lint bench lock lock-upgrade clean
 
@@ -44,12 +44,14 @@ lock: $(BIN)/uv                       ## refresh requirements/*.lock after a cha
 lock-upgrade: $(BIN)/uv               ## the same, moving every pin to the newest allowed release
 	@for set in $(LOCKS); do $(MAKE) -s --no-print-directory lock-one SET=$$set UV_FLAGS=--upgrade || exit 1; done
 
-# One lock: the SDK's is the base dependencies only, runner and service their extras, dev
-# every extra. Universal (markers for every platform) and for Python 3.11, the oldest we run.
+# One lock: dev has every extra and is resolved first; the SDK's (base dependencies only),
+# the runner's and the service's are then held to dev's versions, so each user's set is a
+# subset of what CI tests. Universal (markers for every platform), for Python 3.11.
 lock-one:
 	$(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 	  --custom-compile-command 'make lock' $(UV_FLAGS) \
-	  $(if $(filter dev,$(SET)),--all-extras,$(if $(filter sdk,$(SET)),,--extra $(SET))) \
+	  $(if $(filter dev,$(SET)),--all-extras,-c requirements/dev.lock) \
+	  $(if $(filter dev sdk,$(SET)),,--extra $(SET)) \
 	  pyproject.toml requirements/build.in -o requirements/$(SET).lock
 	@echo "requirements/$(SET).lock: $$(grep -c '^[a-z0-9]' requirements/$(SET).lock) packages"
 
