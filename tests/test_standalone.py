@@ -85,7 +85,7 @@ def test_locks_agree_and_nest() -> None:
     dev = pins["dev"]
     for lock in ("sdk", "runner", "service"):
         for name, version in pins[lock].items():
-            assert dev.get(name) == version, f"{lock}.lock has {name}=={version}, dev.lock {dev.get(name)}"
+            assert dev.get(name) == version, f"{lock}.lock: {name}=={version}, dev.lock differs"
     assert {"httpx", "httpx-sse"} <= set(pins["sdk"])
     assert not {"redis", "aiohttp", "fakeredis", "orjson"} & set(pins["sdk"])
     assert {"redis", "orjson", "hiredis"} <= set(pins["runner"])
