@@ -5,6 +5,7 @@ Both take a ready Redis client (``from_url`` builds one), so a test can hand in 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from types import TracebackType
@@ -200,6 +201,9 @@ class AsyncBridge:
             self.limits = for_client(self.limits, client)
         self._scripts: dict[str, Any] = {}
         self._pipeline: AsyncScriptPipeline | None = None
+        # Many tasks may make the first call at once (500 runs opening together): one of
+        # them makes the client, the others wait for it, so one pool bounds them all.
+        self._connect_lock = asyncio.Lock()
 
     @property
     def client(self) -> AsyncClient:
@@ -211,10 +215,14 @@ class AsyncBridge:
     async def _connect(self) -> AsyncClient:
         # from_url cannot await, and whether the URL names a cluster node is learnt by
         # asking it: the client is made on first use.
-        if self._client is None:
-            self._client = await async_client(self._url)
-            self.limits = for_client(self.limits, self._client)
-        return self._client
+        if self._client is not None:
+            return self._client
+        async with self._connect_lock:
+            if self._client is None:
+                client = await async_client(self._url)
+                self.limits = for_client(self.limits, client)
+                self._client = client
+            return self._client
 
     @classmethod
     def from_url(cls, url: str | None = None, *, limits: LogLimits | None = None) -> AsyncBridge:
