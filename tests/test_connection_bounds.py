@@ -33,9 +33,14 @@ def admin(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def _clients(admin: redis.Redis) -> int:
-    """Connections open on the server, not counting the watcher's own."""
-    return sum(1 for c in admin.client_list() if c.get("name") != "bounds-admin")
+def _named(url: str, name: str) -> str:
+    """The URL with a client name, which every connection made from it announces."""
+    return f"{url}?client_name={name}"
+
+
+def _clients(admin: redis.Redis, name: str) -> int:
+    """Connections open on the server under that name (other tests' are not counted)."""
+    return sum(1 for c in admin.client_list() if c.get("name") == name)
 
 
 def _assert_written(admin: redis.Redis, run_ids: list[str], rows: int) -> None:
@@ -49,7 +54,6 @@ def _assert_written(admin: redis.Redis, run_ids: list[str], rows: int) -> None:
 async def test_async_bridge_500_runs_at_once_stay_within_the_pool(
     redis_url: str, admin: redis.Redis
 ) -> None:
-    before = _clients(admin)
     # Every run waits at a gate until all 500 are open, then they all append at once.
     gate = asyncio.Event()
     opened = 0
@@ -66,12 +70,12 @@ async def test_async_bridge_500_runs_at_once_stay_within_the_pool(
             await run.append({"kind": "step", "step_index": seq}, seq=seq)
         await run.finish("complete")
 
-    async with AsyncBridge.from_url(redis_url, limits=LogLimits()) as bridge:
+    async with AsyncBridge.from_url(_named(redis_url, "async500"), limits=LogLimits()) as bridge:
         await asyncio.wait_for(
             asyncio.gather(*(one_run(bridge, i) for i in range(RUNS))), timeout=50
         )
         # The pool keeps what it opened, so the count now is the most it ever held.
-        opened_by_bridge = _clients(admin) - before
+        opened_by_bridge = _clients(admin, "async500")
         pool = bridge.client.connection_pool
         assert pool.max_connections == DEFAULT_MAX_CONNECTIONS
     assert 1 < opened_by_bridge <= DEFAULT_MAX_CONNECTIONS, opened_by_bridge
@@ -97,10 +101,9 @@ def _threaded_runs(bridge: Bridge, prefix: str, threads: int) -> list[str]:
 def test_sync_bridge_from_64_threads_stays_within_the_pool(
     redis_url: str, admin: redis.Redis
 ) -> None:
-    before = _clients(admin)
-    with Bridge.from_url(redis_url, limits=LogLimits()) as bridge:
+    with Bridge.from_url(_named(redis_url, "threads64"), limits=LogLimits()) as bridge:
         run_ids = _threaded_runs(bridge, "threads", THREADS)
-        opened_by_bridge = _clients(admin) - before
+        opened_by_bridge = _clients(admin, "threads64")
     assert 1 < opened_by_bridge <= DEFAULT_MAX_CONNECTIONS, opened_by_bridge
     _assert_written(admin, run_ids, ROWS_PER_RUN)
 
@@ -108,9 +111,9 @@ def test_sync_bridge_from_64_threads_stays_within_the_pool(
 def test_a_small_bound_makes_threads_wait_not_fail(redis_url: str, admin: redis.Redis) -> None:
     # 50 threads, 3 connections: most threads must wait for one at every call, and all
     # succeed; the server never sees a fourth connection.
-    before = _clients(admin)
-    with Bridge(sync_client(redis_url, max_connections=3), limits=LogLimits()) as bridge:
+    client = sync_client(_named(redis_url, "narrow3"), max_connections=3)
+    with Bridge(client, limits=LogLimits()) as bridge:
         run_ids = _threaded_runs(bridge, "narrow", 50)
-        opened_by_bridge = _clients(admin) - before
+        opened_by_bridge = _clients(admin, "narrow3")
     assert 1 <= opened_by_bridge <= 3, opened_by_bridge
     _assert_written(admin, run_ids, ROWS_PER_RUN)
