@@ -59,9 +59,10 @@ def test_markdown_links_stay_inside_the_repo() -> None:
             if re.match(r"[a-z]+:", target) or target.startswith("#"):
                 continue  # a URL or an anchor on the same page
             resolved = (path.parent / target.split("#")[0]).resolve()
-            if not resolved.is_relative_to(ROOT) or not resolved.exists():
+            if not resolved.is_relative_to(ROOT):
                 broken.append(f"{path.relative_to(ROOT)}: {target}")
-    assert not broken, "links that leave the repo or lead nowhere:\n" + "\n".join(broken)
+    # (Whether each one leads somewhere is tests/test_docs.py's business.)
+    assert not broken, "links that leave the repo:\n" + "\n".join(broken)
 
 
 def _pins(lock: str) -> dict[str, str]:
