@@ -103,3 +103,48 @@ def test_pyproject_bounds_every_dependency() -> None:
         specs += [s for s in extra if not s.startswith(project["name"])]
     unbounded = [s for s in specs if "<" not in s.split(";")[0] and "==" not in s]
     assert not unbounded, f"give these an upper bound: {unbounded}"
+
+
+def _lock_sets() -> dict[str, list[str]]:
+    """What each lock must satisfy: the base dependencies plus its extras (self-references
+    such as ``mantis-events[runner]`` followed)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras: dict[str, list[str]] = project["optional-dependencies"]
+
+    def expand(names: list[str]) -> list[str]:
+        specs, todo, seen = list(project["dependencies"]), list(names), set()
+        while todo:
+            extra = todo.pop()
+            if extra in seen:
+                continue
+            seen.add(extra)
+            for spec in extras[extra]:
+                if spec.startswith(project["name"] + "["):
+                    todo += spec[spec.index("[") + 1 : spec.index("]")].split(",")
+                else:
+                    specs.append(spec)
+        return specs
+
+    return {"sdk": expand([]), "runner": expand(["runner"]),
+            "service": expand(["service"]), "dev": expand(list(extras))}
+
+
+@pytest.mark.parametrize("lock", LOCKS)
+def test_lock_is_fresh_for_pyproject(lock: str) -> None:
+    # A dependency added to pyproject.toml without `make lock` would not be installed by
+    # `make install` (it installs the lock, then the project with --no-deps).
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {canonicalize_name(name): version for name, version in _pins(lock).items()}
+    stale = []
+    for spec in _lock_sets()[lock]:
+        req = Requirement(spec)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        pinned = pins.get(canonicalize_name(req.name))
+        if pinned is None or not req.specifier.contains(pinned, prereleases=True):
+            stale.append(f"{spec} (locked: {pinned})")
+    assert not stale, f"requirements/{lock}.lock is stale, run `make lock`: {stale}"
