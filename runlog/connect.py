@@ -6,6 +6,8 @@ Redis Cluster; which one it is can only be learnt by asking the node (``INFO clu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import redis
@@ -49,7 +51,14 @@ def sync_client(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Syn
     finally:
         probe.close()
     if clustered:
-        return RedisCluster.from_url(url, max_connections=max_connections)
+        # Each node's pool a blocking one too (``timeout``: how long a caller waits; redis
+        # 5.0 ignores it and waits its default 20 s).
+        return RedisCluster.from_url(
+            url,
+            max_connections=max_connections,
+            connection_pool_class=redis.BlockingConnectionPool,
+            timeout=POOL_TIMEOUT_S,
+        )
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=POOL_TIMEOUT_S, socket_connect_timeout=5
     )
@@ -72,7 +81,15 @@ async def async_client(
     finally:
         await probe.aclose()
     if clustered:
-        return AsyncRedisCluster.from_url(url, max_connections=max_connections)
+        cluster = AsyncRedisCluster.from_url(url, max_connections=max_connections)
+        # Learn the slot map now, once: left to the first commands, many concurrent first
+        # calls each rebuild it and close connections that others are using.
+        try:
+            await cluster.initialize()
+        except BaseException:
+            await cluster.aclose()
+            raise
+        return cluster
     # A blocking pool: past the bound, a request waits for a connection instead of opening
     # one more, so the connection count stays fixed under any load.
     pool = aredis.BlockingConnectionPool.from_url(
@@ -88,3 +105,17 @@ async def async_client(
         socket_timeout=socket_timeout,
     )
     return aredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+def call_gate(client: object) -> contextlib.AbstractAsyncContextManager[Any]:
+    """What an asyncio caller holds around one command or pipeline on ``client``.
+
+    redis-py's asyncio cluster client has no waiting pool: past ``max_connections`` on a
+    node it raises ``MaxConnectionsError``. A call in flight holds at most one connection
+    per node, so a semaphore of that size makes callers wait instead, as they do on the
+    blocking pool of a plain client (for which the gate is a no-op).
+    """
+    if isinstance(client, AsyncRedisCluster):
+        bound = client.get_connection_kwargs().get("max_connections")
+        return asyncio.Semaphore(int(bound or DEFAULT_MAX_CONNECTIONS))
+    return contextlib.nullcontext()

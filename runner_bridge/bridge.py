@@ -26,7 +26,14 @@ from runlog.calls import (
     translate_error,
     write_result,
 )
-from runlog.connect import AsyncClient, SyncClient, async_client, is_cluster, sync_client
+from runlog.connect import (
+    AsyncClient,
+    SyncClient,
+    async_client,
+    call_gate,
+    is_cluster,
+    sync_client,
+)
 from runlog.errors import InvalidPhase
 from runlog.phases import TERMINAL_PHASES
 from runlog.pipeline import AsyncScriptPipeline
@@ -197,6 +204,7 @@ class AsyncBridge:
         self._client = client
         self._url = url
         self.limits = limits or limits_from_env()
+        self._gate = call_gate(client)
         if client is not None:
             self.limits = for_client(self.limits, client)
         self._scripts: dict[str, Any] = {}
@@ -221,6 +229,7 @@ class AsyncBridge:
             if self._client is None:
                 client = await async_client(self._url)
                 self.limits = for_client(self.limits, client)
+                self._gate = call_gate(client)
                 self._client = client
             return self._client
 
@@ -257,7 +266,8 @@ class AsyncBridge:
         client = await self._connect()
         if self._pipeline is None:
             self._pipeline = AsyncScriptPipeline(client)
-        replies = await self._pipeline.execute(calls)
+        async with self._gate:
+            replies = await self._pipeline.execute(calls)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise translate_error(reply, run_id) from None
@@ -269,7 +279,8 @@ class AsyncBridge:
         source, keys, args = call
         await self._connect()
         try:
-            return await self._script(source)(keys=keys, args=args)
+            async with self._gate:
+                return await self._script(source)(keys=keys, args=args)
         except ResponseError as exc:
             raise translate_error(exc, run_id) from None
 

@@ -3,6 +3,7 @@
 A runner process with hundreds of runs writing at once (asyncio) or many threads writing at
 once (sync) must neither fail nor open a connection per writer: the real redis-server's
 CLIENT LIST shows no more connections than the pool's bound, and every event is written.
+The same on a real Redis Cluster, whose clients redis-py gives no waiting pool of its own.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import pytest
 import redis
 
 from runlog.calls import LogLimits
-from runlog.connect import DEFAULT_MAX_CONNECTIONS, sync_client
+from runlog.connect import DEFAULT_MAX_CONNECTIONS, async_client, sync_client
 from runlog.keys import log_key, meta_key
 from runner_bridge import AsyncBridge, Bridge
+
+from .redis_server import running_cluster
 
 RUNS = 500
 ROWS_PER_RUN = 4
@@ -117,3 +120,58 @@ def test_a_small_bound_makes_threads_wait_not_fail(redis_url: str, admin: redis.
         opened_by_bridge = _clients(admin, "narrow3")
     assert 1 <= opened_by_bridge <= 3, opened_by_bridge
     _assert_written(admin, run_ids, ROWS_PER_RUN)
+
+
+@pytest.fixture(scope="module")
+def cluster_url() -> Iterator[str]:
+    with running_cluster() as url:
+        yield url
+
+
+def _node_clients(cluster_url: str, name: str) -> dict[int, int]:
+    """Connections named ``name`` on each node of the cluster, by port."""
+    with redis.cluster.RedisCluster.from_url(cluster_url) as probe:
+        ports = sorted(node.port for node in probe.get_nodes())
+    counts = {}
+    for port in ports:
+        with redis.Redis(host="127.0.0.1", port=port) as node:
+            counts[port] = sum(1 for c in node.client_list() if c.get("name") == name)
+    return counts
+
+
+def _within(counts: dict[int, int], cluster_url: str, bound: int, extra_on_seed: int) -> bool:
+    # redis-py's asyncio cluster client keeps the connection it discovered the cluster
+    # with (on the node the URL names) outside the node's pool: one more there, for good.
+    seed = int(cluster_url.rsplit(":", 1)[1].split("/")[0])
+    return len(counts) == 3 and all(
+        1 <= n <= bound + (extra_on_seed if port == seed else 0) for port, n in counts.items()
+    )
+
+
+async def test_cluster_async_bridge_waits_at_the_bound(cluster_url: str) -> None:
+    # 3 connections per node for 200 runs: without waiting, most calls would fail with
+    # MaxConnectionsError (redis-py's asyncio cluster client has no blocking pool).
+    client = await async_client(_named(cluster_url, "cl-async3"), max_connections=3)
+    async with AsyncBridge(client, limits=LogLimits()) as bridge:
+
+        async def one_run(index: int) -> None:
+            run = await bridge.open_run(f"clb-{index}", tenant="acme")
+            await run.set_phase("running")
+            for seq in range(1, ROWS_PER_RUN + 1):
+                await run.append({"kind": "step", "step_index": seq}, seq=seq)
+            await run.append_many([{"kind": "note"}] * 3)
+            await run.finish("complete")
+
+        await asyncio.wait_for(asyncio.gather(*(one_run(i) for i in range(200))), timeout=50)
+        counts = _node_clients(cluster_url, "cl-async3")
+    assert _within(counts, cluster_url, 3, extra_on_seed=1), counts
+
+
+def test_cluster_sync_bridge_threads_wait_at_the_bound(cluster_url: str) -> None:
+    client = sync_client(_named(cluster_url, "cl-sync3"), max_connections=3)
+    with Bridge(client, limits=LogLimits()) as bridge:
+        run_ids = _threaded_runs(bridge, "clt", 40)
+        counts = _node_clients(cluster_url, "cl-sync3")
+        phases = {bridge.client.hget(meta_key(run_id), "phase") for run_id in run_ids}
+    assert _within(counts, cluster_url, 3, extra_on_seed=0), counts
+    assert phases == {b"complete"}
