@@ -9,7 +9,7 @@ LOCK   ?= requirements/dev.lock
 UV_SPEC ?= uv>=0.5,<1
 LOCKS  := dev sdk runner service
 
-.PHONY: install tools run test lint bench lock lock-upgrade clean
+.PHONY: install tools run test lint bench lock lock-upgrade lock-one clean
 
 install: $(VENV)/.installed          ## create .venv and install the locked dev set (tests, lint, bench)
 
