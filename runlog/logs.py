@@ -39,6 +39,7 @@ _STANDARD = frozenset(
 )
 _SECRET_FIELD = re.compile(r"token|ticket|secret|signature|password|authorization", re.I)
 REDACTED = "[redacted]"
+_HANDLER_NAME = "mantis-json"
 _SECRET_TEXT = (
     # A stream ticket: v1.<payload>.<mac> (service/tickets.py).
     re.compile(r"\bv1\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}"),
@@ -126,10 +127,18 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(
-    *, level: str | None = None, fmt: str | None = None, stream: IO[str] | None = None
+    *,
+    level: str | None = None,
+    fmt: str | None = None,
+    stream: IO[str] | None = None,
+    default_level: str = "INFO",
 ) -> None:
-    """Send every logger's records to ``stream`` (stderr) in the chosen format, once."""
-    level_name = (level or os.environ.get("MANTIS_LOG_LEVEL") or "INFO").upper()
+    """Send every logger's records to ``stream`` (stderr) in the chosen format, once.
+
+    ``level`` wins over MANTIS_LOG_LEVEL, which wins over ``default_level`` (the runner CLI
+    passes WARNING: its stderr is for a person unless asked otherwise).
+    """
+    level_name = (level or os.environ.get("MANTIS_LOG_LEVEL") or default_level).upper()
     if level_name not in logging.getLevelNamesMapping():
         raise ValueError(f"MANTIS_LOG_LEVEL must be a logging level name, got {level_name!r}")
     kind = (fmt or os.environ.get("MANTIS_LOG_FORMAT") or "json").lower()
@@ -137,8 +146,10 @@ def setup_logging(
         raise ValueError(f"MANTIS_LOG_FORMAT must be json or text, got {kind!r}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if kind == "json" else TextFormatter())
+    handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if old.get_name() == _HANDLER_NAME:  # a second call replaces ours, keeps others'
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level_name)
