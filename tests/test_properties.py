@@ -73,10 +73,10 @@ def test_every_emitted_id_parses_back_to_its_position(epoch: str, n: int, pad: s
     assert cursor == IdCursor(epoch=epoch, n=n, raw=raw)
 
 
-@given(st.datetimes(timezones=st.one_of(
-    st.just(UTC),
-    st.builds(timezone, st.timedeltas(min_value=timedelta(hours=-23), max_value=timedelta(hours=23))),
-)))
+offsets = st.timedeltas(min_value=timedelta(hours=-23), max_value=timedelta(hours=23))
+
+
+@given(st.datetimes(timezones=st.one_of(st.just(UTC), st.builds(timezone, offsets))))
 def test_every_iso_timestamp_is_a_time_cursor_at_that_instant(moment: datetime) -> None:
     cursor = parse_cursor(moment.isoformat())
     assert isinstance(cursor, TimeCursor)
