@@ -16,6 +16,7 @@ from typing import Any
 import fakeredis
 import orjson
 import pytest
+import sseclient
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -171,6 +172,16 @@ def test_any_json_row_round_trips_through_an_sse_parser_unchanged(
     (event,) = events
     assert event == {"event": name.decode(), "id": event_id, "data": data.decode()}
     assert orjson.loads(event["data"]) == row
+
+
+@given(st.dictionaries(st.text(max_size=12), json_values, max_size=6), event_ids)
+def test_sseclient_reads_the_same_event(row: dict[str, Any], event_id: str) -> None:
+    # A second, independent parser (sseclient-py, what many Python consumers use).
+    data = orjson.dumps(row)
+    name = event_name_for(row)
+    frame = encode_event(name.encode(), event_id.encode(), data)
+    events = list(sseclient.SSEClient(iter([b"retry: 2000\n\n", frame])).events())
+    assert [(e.event, e.id, e.data) for e in events] == [(name, event_id, data.decode())]
 
 
 @given(st.binary(max_size=100), st.text(max_size=200), event_ids)
