@@ -446,6 +446,8 @@ async def read_queue(client: Any, now_ms: int) -> tuple[int, int, int, float]:
         first = await client.xrange(key, f"({last}", "+", count=1)
     if not first:
         return length, 0, pending, 0.0
+    # The group's lag counts undelivered entries; Redis reports none after deletions, and
+    # then the stream's length is the honest upper bound. An entry was found, so >= 1.
     lag = group.get("lag") if group is not None else length
     waiting = int(lag) if lag is not None else length
     age = max(0.0, (now_ms - _entry_ms(first[0][0])) / 1000)
