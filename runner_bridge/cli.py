@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 import threading
@@ -32,6 +33,7 @@ from runlog.errors import (
     RunTerminal,
     StoreNotConfigured,
 )
+from runlog.logs import setup_logging
 from runlog.phases import PHASES
 from runlog.records import check_phase, check_run_id
 from runlog.store_url import redact_url, resolve_redis_url
@@ -47,11 +49,18 @@ PROG = "runner_bridge"
 CONNECT_TIMEOUT_S = 5.0
 
 Handler = Callable[["_Store", argparse.Namespace], int]
+log = logging.getLogger("mantis.runner_bridge")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit code."""
     parser = build_parser()
+    try:
+        # JSON lines on stderr; quiet (warnings only) unless MANTIS_LOG_LEVEL asks for more,
+        # so the command's own messages stay readable.
+        setup_logging(default_level="WARNING")
+    except ValueError as exc:
+        parser.error(str(exc))
     args = parser.parse_args(argv)
     if args.command == "phase":
         try:
@@ -59,9 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         except InvalidPhase as exc:
             parser.error(str(exc))  # exits 2 before anything connects
     try:
-        return _run(args)
+        code = _run(args)
     except KeyboardInterrupt:
-        return 128 + signal.SIGINT
+        code = 128 + signal.SIGINT
+    log.info(
+        "%s finished with exit code %d",
+        args.command,
+        code,
+        extra={"command": args.command, "run_id": getattr(args, "run_id", None),
+               "exit_code": code},
+    )
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:

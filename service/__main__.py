@@ -12,6 +12,7 @@ import sys
 
 from aiohttp import web
 
+from runlog.logs import setup_logging
 from runlog.store_url import redact_url
 
 from .app import create_app
@@ -91,7 +92,11 @@ async def serve(settings: Settings, demo: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        setup_logging()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

@@ -12,6 +12,9 @@ from .cors import Cors
 from .errors import error_middleware
 from .frame_cache import FrameCache
 from .hub import Hub
+from .metrics import configure_metrics, metrics_view
+from .openapi import openapi_view
+from .requestlog import install as install_request_log
 from .runs import cancel_run, get_run
 from .settings import Settings
 from .store import LogReader
@@ -33,6 +36,10 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
     app.router.add_get("/v1/runs/{run_id}", get_run)
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/openapi.json", openapi_view)
+    install_request_log(app)
+    configure_metrics(settings)
 
     async def redis_and_hub(app: web.Application) -> AsyncIterator[None]:
         # A bounded pool for reads plus one pub/sub connection: the pod's connection count

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from .auth import TokenTable
 from .hub import Hub
+from .metrics import ScrapeHook
 from .settings import Settings
 from .store import LogReader
 from .store_client import StoreClient
@@ -17,3 +18,10 @@ TICKETS = web.AppKey("tickets", TicketBook)
 STORE = web.AppKey("store", StoreClient)
 HUB = web.AppKey("hub", Hub)
 READER = web.AppKey("reader", LogReader)
+# Gauges read at scrape time (see metrics.add_scrape_hook); the metrics module imports
+# these keys late, since the hub (imported above) counts through it.
+SCRAPE_HOOKS = web.AppKey("scrape_hooks", list[ScrapeHook])
+
+# Per request: its id (logs, X-Request-Id) and the tenant it authenticated as (access log).
+REQUEST_ID = web.RequestKey("request_id", str)
+TENANT = web.RequestKey("tenant", str)

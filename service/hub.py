@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from runlog.announce import decode
 from runlog.keys import live_channel
 
+from . import metrics
 from .frame_cache import FrameCache
 from .live_connection import LiveConnection, Message
 from .sse import PING_CHUNK, chunk, encode_event
@@ -85,6 +86,7 @@ class Subscriber:
             # It resumes by cursor from its last whole event; nobody else waits for it.
             transport.abort()
             self.finish(SLOW)
+            metrics.count_slow_cut()
             return False
         return True
 
@@ -283,6 +285,7 @@ class Hub:
             events.append((n, t, chunk(event), is_terminal))
         if not events:
             return
+        sent = 0  # counted once per burst, not per client event
         for sub in feed.subscribers:
             if sub.finished:
                 continue
@@ -306,9 +309,11 @@ class Hub:
                     break
             if parts:
                 sub.send(parts[0] if len(parts) == 1 else b"".join(parts))
+                sent += len(parts)
             sub.last_n = last
             if ending:
                 sub.finish(ending)
+        metrics.count_delivered(sent)
 
     async def _read_forever(self) -> None:
         backoff = 0.1
@@ -326,6 +331,7 @@ class Hub:
                 )
             if self._connected.is_set():
                 backoff = 0.1  # it had been up: retry promptly
+                metrics.count_reconnect()
             self._connected.clear()
             self._live = None
             # Events announced while we were away are not coming back on this channel:

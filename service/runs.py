@@ -15,6 +15,7 @@ from runner_bridge import AsyncBridge, BridgeError
 
 from .appkeys import READER, SETTINGS, STORE, TOKENS
 from .errors import Conflict, Unauthorized
+from .requestlog import note_tenant
 from .views import load_run, run_id_of
 
 
@@ -23,6 +24,7 @@ def header_tenant(request: web.Request) -> str:
     tenant = request.app[TOKENS].tenant_for(request.headers.get("X-Mantis-Token"))
     if tenant is None:
         raise Unauthorized("a valid X-Mantis-Token header is required")
+    note_tenant(request, tenant)
     return tenant
 
 

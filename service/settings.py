@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -25,6 +26,19 @@ def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool 
     if value <= 0:
         raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
     return value
+
+
+def _pairs(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
+    """``a=b,c=d`` as pairs; a part without ``=`` raises naming the variable."""
+    pairs = []
+    for part in env.get(name, "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or not key or not value:
+            raise SettingsError(f"{name} entries must look like name=value, got {part!r}")
+        pairs.append((key, value))
+    return tuple(pairs)
 
 
 def _origins(raw: str) -> tuple[str, ...]:
@@ -51,6 +65,9 @@ class Settings:
     redis_max_connections: int = 16
     replay_cache_bytes: int = 64 * 1024 * 1024
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Metrics: this pod's name (label of mantis_streams_open) and tenant -> class label.
+    pod_name: str = ""
+    metrics_tenant_classes: tuple[tuple[str, str], ...] = ()
 
     def __repr__(self) -> str:
         # Settings carry secrets (tokens, a Redis password): never print them.
@@ -86,4 +103,6 @@ class Settings:
             replay_cache_bytes=int(
                 _number(env, "MANTIS_REPLAY_CACHE_BYTES", 64 * 1024 * 1024, integer=True)
             ),
+            pod_name=env.get("MANTIS_POD_NAME") or socket.gethostname(),
+            metrics_tenant_classes=_pairs(env, "MANTIS_METRICS_TENANT_CLASSES"),
         )

@@ -7,6 +7,7 @@ from typing import Any
 
 from runlog.keys import log_key, meta_key
 
+from .metrics import timed
 from .store_client import StoreClient
 
 _META_FIELDS = (
@@ -83,10 +84,12 @@ class LogReader:
     def __init__(self, store: StoreClient) -> None:
         self.store = store
 
+    @timed("ping")
     async def ping(self) -> None:
         """Raise if the store cannot be reached."""
         await (await self.store.get()).ping()
 
+    @timed("state")
     async def state(self, run_id: str) -> RunState | None:
         """The run's state and its first retained entry, in one round trip; None if absent."""
         pipe = (await self.store.get()).pipeline(transaction=False)
@@ -112,12 +115,14 @@ class LogReader:
             first_t=first_entry.t if first_entry else None,
         )
 
+    @timed("entry")
     async def entry(self, run_id: str, n: int) -> Entry | None:
         """Event number ``n``, if still retained."""
         client = await self.store.get()
         found: Any = await client.xrange(log_key(run_id), f"{n}-0", f"{n}-0")
         return _entry(*found[0]) if found else None
 
+    @timed("after")
     async def after(self, run_id: str, after_n: int, count: int) -> list[Entry]:
         """Up to ``count`` events after event number ``after_n``, in log order."""
         client = await self.store.get()

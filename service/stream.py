@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from . import metrics
 from .frame_cache import FrameCache
 from .hub import CLOSED, TERMINAL, Feed, Hub, Subscriber
 from .resume import ResumePlan
@@ -93,6 +94,9 @@ async def replay_then_live(
         caught_up = len(entries) < REPLAY_BATCH and (feed is None or after >= feed.last_n)
         if caught_up or not entries:
             break
+    # Event numbers are dense: the distance covered is the count sent (a timestamp
+    # cursor's skipped events included; close enough for a rate, and free).
+    metrics.count_replayed(after - plan.after_n)
     sub.last_n = after
     if feed is not None and not sub.finished and not sub.transport.is_closing():
         hub.go_live(feed, sub)

@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from runlog.ids import Cursor, TimeCursor, format_event_id, is_valid_run_id, parse_cursor
 
+from . import metrics
 from .appkeys import HUB, READER, SETTINGS, TICKETS, TOKENS
 from .errors import (
     InvalidCursor,
@@ -21,6 +22,7 @@ from .errors import (
     Unauthorized,
 )
 from .hub import Feed, Subscriber
+from .requestlog import note_tenant
 from .resume import ResumePlan, plan_resume
 from .sse import RETRY, EventStreamResponse, event_json, gap_frame
 from .store import RunState
@@ -44,7 +46,9 @@ def tenant_of(request: web.Request, *, allow_ticket: bool = False) -> str:
         resuming = bool(request.headers.get("Last-Event-ID", "").strip()) and wants_stream(request)
         run_id = request.match_info["run_id"]
         try:
-            return request.app[TICKETS].verify(ticket, run_id, resuming=resuming)
+            holder = request.app[TICKETS].verify(ticket, run_id, resuming=resuming)
+            note_tenant(request, holder)
+            return holder
         except ExpiredTicket:
             raise Unauthorized("the ticket has expired; request a new one") from None
         except InvalidTicket:
@@ -52,6 +56,7 @@ def tenant_of(request: web.Request, *, allow_ticket: bool = False) -> str:
     tenant = request.app[TOKENS].tenant_for(token)
     if tenant is None:
         raise Unauthorized("a valid X-Mantis-Token header is required")
+    note_tenant(request, tenant)
     return tenant
 
 
@@ -163,16 +168,20 @@ async def _stream(
         backlog_limit=settings.client_backlog_bytes,
     )
     hub.track(sub)
+    resumed = bool(request.headers.get("Last-Event-ID") or request.query.get("since"))
+    meter = metrics.StreamMeter(state.run_id, state.tenant, resumed=resumed)
     try:
         head = RETRY
         gap = plan.gap_data(state.run_id)
         if gap is not None:
             head += gap_frame(gap)
+            metrics.count_gap()
         await response.write(head)
         await replay_then_live(hub, request.app[READER], state, plan, sub, response.write, feed)
         await sub.done
     finally:
         hub.release(sub)
+        meter.close(sub.done.result() if sub.done.done() else "closed")
     if not transport.is_closing():
         with contextlib.suppress(ConnectionError):
             await response.write_eof()
@@ -201,6 +210,7 @@ async def page(
     gap = plan.gap_data(state.run_id)
     if gap is not None:
         events.append({"event": "gap", "id": None, "data": gap})
+        metrics.count_gap()
     after = plan.after_n
     done = plan.finished
     wanted = limit
