@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .appkeys import HUB, READER, SETTINGS, STORE, TICKETS, TOKENS
+from .appkeys import HUB, LIFECYCLE, READER, SETTINGS, STORE, TICKETS, TOKENS
 from .auth import TokenTable
 from .cors import Cors
 from .errors import error_middleware
 from .frame_cache import FrameCache
 from .hub import Hub
+from .lifecycle import Lifecycle
+from .predict import predict
 from .runs import cancel_run, get_run
 from .settings import Settings
 from .store import LogReader
@@ -32,6 +34,7 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
     cors.install(app)
     app.router.add_get("/v1/runs/{run_id}", get_run)
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)
+    app.router.add_post("/v1/predict", predict)
     app.router.add_get("/healthz", health)
 
     async def redis_and_hub(app: web.Application) -> AsyncIterator[None]:
@@ -40,6 +43,7 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
         store = StoreClient(redis_url, settings.redis_max_connections)
         app[STORE] = store
         app[READER] = LogReader(store)
+        app[LIFECYCLE] = Lifecycle(store, settings)
         hub = Hub(
             redis_url,
             heartbeat_s=settings.heartbeat_s,

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from .auth import TokenTable
 from .hub import Hub
+from .lifecycle import Lifecycle
 from .settings import Settings
 from .store import LogReader
 from .store_client import StoreClient
@@ -17,3 +18,4 @@ TICKETS = web.AppKey("tickets", TicketBook)
 STORE = web.AppKey("store", StoreClient)
 HUB = web.AppKey("hub", Hub)
 READER = web.AppKey("reader", LogReader)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

@@ -7,6 +7,7 @@ from typing import Any
 
 from runlog.keys import log_key, meta_key
 
+from .runobject import META_FIELDS, RunMeta
 from .store_client import StoreClient
 
 _META_FIELDS = (
@@ -111,6 +112,12 @@ class LogReader:
             first_n=first_entry.n if first_entry else last_n + 1,
             first_t=first_entry.t if first_entry else None,
         )
+
+    async def meta(self, run_id: str) -> RunMeta | None:
+        """The run object's fields in one command (the cheap poll); None if absent."""
+        client = await self.store.get()
+        values: Any = await client.hmget(meta_key(run_id), META_FIELDS)
+        return RunMeta.from_values(run_id, values)
 
     async def entry(self, run_id: str, n: int) -> Entry | None:
         """Event number ``n``, if still retained."""

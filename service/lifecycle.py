@@ -1,0 +1,98 @@
+"""The lifecycle writes the service makes itself: submit a run, cancel a run.
+
+Each is one of the core's atomic scripts (``runlog.calls``): creating the run, keeping its
+request, queueing it and recording the idempotency key happen together or not at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from runlog.calls import Call, LogLimits, cancel_call, submit_call, translate_error
+from runlog.connect import is_cluster
+
+from .settings import Settings
+from .store_client import StoreClient
+
+
+class SubmitOutcome(enum.Enum):
+    CREATED = "created"
+    REPLAYED = "replayed"
+
+
+class CancelOutcome(enum.Enum):
+    CANCELLED = "cancelled"  # it was queued: now cancelled, terminal record written
+    REQUESTED = "requested"  # it is running: its runner is asked to finish it cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What a submit did, and the run it names (the first one, for a replay)."""
+
+    outcome: SubmitOutcome
+    run_id: str
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Lifecycle:
+    """Runs the submit and cancel scripts on the pod's client; errors come back named
+    (``runlog.errors``: RunExists, IdempotencyKeyReused, RunTerminal, RunNotFound)."""
+
+    def __init__(self, store: StoreClient, settings: Settings) -> None:
+        self._store = store
+        self._limits = LogLimits(maxlen=settings.stream_maxlen, retention_s=settings.retention_s)
+        self._scripts: dict[str, Any] = {}
+
+    async def submit(
+        self,
+        run_id: str,
+        tenant: str,
+        request: bytes,
+        *,
+        idempotency_digest: str | None,
+        body_digest: str,
+    ) -> Submitted:
+        """Create, keep and queue the run (or name the run an earlier identical submit made)."""
+        limits = await self._current_limits()
+        call = submit_call(
+            run_id,
+            tenant,
+            request,
+            limits,
+            idempotency_digest=idempotency_digest,
+            body_digest=body_digest,
+        )
+        outcome, named = await self._run(run_id, call)
+        return Submitted(SubmitOutcome(_text(outcome)), _text(named))
+
+    async def cancel(self, run_id: str) -> CancelOutcome:
+        """Cancel a queued run at once, or flag a running one for its runner."""
+        reply = await self._run(run_id, cancel_call(run_id, await self._current_limits()))
+        return CancelOutcome(_text(reply[0]))
+
+    async def _current_limits(self) -> LogLimits:
+        # No tenant feed on a Redis Cluster: the feed's keys live in another slot.
+        client = await self._store.get()
+        if is_cluster(client) and self._limits.feed:
+            return dataclasses.replace(self._limits, feed=False)
+        return self._limits
+
+    async def _run(self, run_id: str, call: Call) -> Any:
+        source, keys, args = call
+        client = await self._store.get()
+        script = self._scripts.get(source)
+        if script is None:
+            # Script objects hash their source once and reload it if the store lost it.
+            script = self._scripts[source] = client.register_script(source)
+        try:
+            return await script(keys=keys, args=args)
+        except ResponseError as exc:
+            raise translate_error(exc, run_id) from None
