@@ -88,7 +88,12 @@ async def test_submit_creates_a_queued_run_keeps_the_request_and_queues_it(
     assert body["poll_after_ms"] == 1000 and headers["Retry-After"] == "1"
     assert "Idempotent-Replayed" not in headers
     stored = json.loads(rdb.get(request_key(run_id)))
-    assert stored == {"run_id": run_id, "tenant": "acme", "task_suite": SUITE, "metadata": {"who": "t"}}
+    assert stored == {
+        "run_id": run_id,
+        "tenant": "acme",
+        "task_suite": SUITE,
+        "metadata": {"who": "t"},
+    }
     queued = rdb.xrange(queue_key())
     assert [fields[b"run_id"].decode() for _id, fields in queued] == [run_id]
     # The Location answers the cheap poll with the same object.
@@ -136,10 +141,12 @@ async def test_submit_run_stream_and_result_paged(make_service, redis_url: str) 
     run_id = body["run_id"]
     rows = await asyncio.to_thread(run_as_runner, redis_url, run_id, 7)
 
-    resp = await svc.client.get(f"/v1/runs/{run_id}/events", headers=svc.headers(), params={"sse": "true"})
+    resp = await svc.client.get(
+        f"/v1/runs/{run_id}/events", headers=svc.headers(), params={"sse": "true"}
+    )
     text = await resp.text()
     assert resp.status == 200
-    names = [line[len("event: "):] for line in text.splitlines() if line.startswith("event: ")]
+    names = [line[len("event: ") :] for line in text.splitlines() if line.startswith("event: ")]
     assert names == ["phase", "phase"] + ["step", "extract"] * 7 + ["phase", "terminal"]
 
     gathered: list[Any] = []
@@ -174,7 +181,7 @@ async def test_result_of_a_running_run_says_what_it_has_and_when_to_ask_again(
     make_service, bridge: Bridge
 ) -> None:
     svc = await make_service()
-    _, body, _ = await post(svc, {"task_suite": SUITE, "run_id": "going"})
+    await post(svc, {"task_suite": SUITE, "run_id": "going"})
     run = bridge.run("going")
     run.set_phase("running")
     run.append({"kind": "extract", "row": {"a": 1}})
@@ -184,10 +191,14 @@ async def test_result_of_a_running_run_says_what_it_has_and_when_to_ask_again(
     assert page["poll_after_ms"] == 1000
     run.append({"kind": "step", "type": "scroll"})
     run.append({"kind": "extract", "row": {"a": 2}})
-    _, later, _ = await post(svc, {"action": "result", "run_id": "going", "cursor": page["next_cursor"]})
+    _, later, _ = await post(
+        svc, {"action": "result", "run_id": "going", "cursor": page["next_cursor"]}
+    )
     assert later["rows"] == [{"a": 2}] and later["done"] is False
     run.finish("complete")
-    _, last, _ = await post(svc, {"action": "result", "run_id": "going", "cursor": later["next_cursor"]})
+    _, last, _ = await post(
+        svc, {"action": "result", "run_id": "going", "cursor": later["next_cursor"]}
+    )
     assert last == {
         "run_id": "going",
         "phase": "complete",
