@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from runlog.errors import RunNotFound as LogRunNotFound
@@ -51,7 +52,10 @@ def run_response(
     if extra:
         body.update(extra)
     headers = {"Cache-Control": "no-cache", **hint_headers(meta, now)}
-    return web.json_response(body, status=status, headers=headers)
+    # orjson: this is the hot path of polling, and the object is all plain values.
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
 
 
 async def get_run(request: web.Request) -> web.Response:
