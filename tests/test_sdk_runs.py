@@ -21,6 +21,8 @@ from mantis_agent import (
     RunNotFound,
     WaitTimeout,
 )
+from mantis_agent._runs import ResultGatherer, RunsApi, Waiter
+from mantis_agent._settings import ClientSettings
 from mantis_agent.client import MantisClient
 from runlog.calls import LogLimits
 from runner_bridge import Bridge
@@ -185,3 +187,62 @@ async def test_async_seed_snippet(service: ServiceProcess, bridge: Bridge) -> No
         names = [e["event"] async for e in client.stream_events(handle.run_id)]
         worker.join(timeout=30)
     assert names == ["phase", "phase", "step", "extract", "step", "extract", "phase", "terminal"]
+
+
+# -- the sans-I/O core, driven with made-up answers and a made-up clock --------------------
+
+
+def _answer(status: int, body: Any = None, **headers: str) -> httpx.Response:
+    request = httpx.Request("GET", "http://127.0.0.1:1/v1/runs/r1")
+    if body is None:
+        return httpx.Response(status, headers=headers, request=request)
+    return httpx.Response(status, json=body, headers=headers, request=request)
+
+
+def _api() -> RunsApi:
+    return RunsApi(ClientSettings("http://127.0.0.1:1", "tok"))
+
+
+def test_waiter_sleeps_as_hinted_uses_the_etag_and_stops_at_terminal() -> None:
+    now = [100.0]
+    waiter = Waiter(_api(), "r1", timeout=None, clock=lambda: now[0])
+    assert "If-None-Match" not in waiter.request().kwargs["headers"]
+    running = {"run_id": "r1", "phase": "running", "poll_after_ms": 2500}
+    assert waiter.delay_after(_answer(200, running, ETag='"t1"')) == 2.5
+    assert waiter.request().kwargs["headers"]["If-None-Match"] == '"t1"'
+    # 304: no body; the hint comes from Retry-After, the last object is kept.
+    assert waiter.delay_after(_answer(304, None, ETag='"t1"', **{"Retry-After": "7"})) == 7.0
+    assert waiter.run == running
+    done = {"run_id": "r1", "phase": "complete", "poll_after_ms": None}
+    assert waiter.delay_after(_answer(200, done, ETag='"t2"')) is None
+    assert waiter.final() == done
+
+
+def test_waiter_never_sleeps_past_its_deadline_then_times_out() -> None:
+    now = [0.0]
+    waiter = Waiter(_api(), "r1", timeout=10.0, clock=lambda: now[0])
+    running = {"run_id": "r1", "phase": "queued", "poll_after_ms": 30000}
+    assert waiter.delay_after(_answer(200, running)) == 10.0
+    now[0] = 9.0
+    assert waiter.delay_after(_answer(200, running)) == pytest.approx(1.0)
+    now[0] = 10.0
+    with pytest.raises(WaitTimeout, match="still queued"):
+        waiter.delay_after(_answer(200, running))
+    with pytest.raises(RuntimeError):
+        waiter.final()
+
+
+def test_gatherer_follows_pages_while_more_and_stops_on_a_stuck_cursor() -> None:
+    gatherer = ResultGatherer(_api(), "r1", limit=2)
+    page = {"done": False, "rows": [1, 2], "next_cursor": "e-1", "more": True}
+    assert gatherer.take(_answer(200, page)) is True
+    assert gatherer.request().kwargs["json"] == {
+        "action": "result",
+        "run_id": "r1",
+        "cursor": "e-1",
+        "limit": 2,
+    }
+    assert gatherer.take(_answer(200, {**page, "rows": [3]})) is False  # same cursor: stop
+    assert gatherer.answer()["rows"] == [1, 2, 3]
+    last = ResultGatherer(_api(), "r1", limit=None)
+    assert last.take(_answer(200, {"done": True, "rows": [], "next_cursor": None})) is False
