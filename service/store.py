@@ -7,7 +7,8 @@ from typing import Any
 
 from runlog.keys import log_key, meta_key
 
-from .runobject import META_FIELDS, RunMeta
+from .meta_reads import MetaReads
+from .runobject import RunMeta
 from .store_client import StoreClient
 
 _META_FIELDS = (
@@ -83,6 +84,11 @@ class LogReader:
 
     def __init__(self, store: StoreClient) -> None:
         self.store = store
+        self._meta_reads = MetaReads(store)
+
+    async def aclose(self) -> None:
+        """Finish the reads in flight."""
+        await self._meta_reads.aclose()
 
     async def ping(self) -> None:
         """Raise if the store cannot be reached."""
@@ -114,10 +120,10 @@ class LogReader:
         )
 
     async def meta(self, run_id: str) -> RunMeta | None:
-        """The run object's fields in one command (the cheap poll); None if absent."""
-        client = await self.store.get()
-        values: Any = await client.hmget(meta_key(run_id), META_FIELDS)
-        return RunMeta.from_values(run_id, values)
+        """The run object's fields in one command (the cheap poll); None if absent.
+
+        Concurrent calls share a pipeline (``MetaReads``)."""
+        return RunMeta.from_values(run_id, await self._meta_reads.get(run_id))
 
     async def entry(self, run_id: str, n: int) -> Entry | None:
         """Event number ``n``, if still retained."""

@@ -7,16 +7,24 @@ without sleeping.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from runlog.calls import LogLimits
 from runlog.ids import parse_ts_us
+from runlog.keys import meta_key
 from runner_bridge import Bridge
 from service import runs
+from service.meta_reads import MetaReads
 from service.runobject import RunMeta, etag, etag_matches, poll_hint_ms, retry_after_s
+from service.store_client import StoreClient
+
+from .redis_server import free_port
 
 CREATED = "2026-06-08T00:00:00.000Z"
 T0 = parse_ts_us(CREATED)
@@ -267,3 +275,43 @@ async def test_a_poll_is_one_redis_command_whatever_the_runs_size(
     counts.pop("info", None)
     counts.pop("ping", None)  # the pool's health check, if it fell due
     assert counts == {"hmget": 2 * polls}, counts
+
+
+async def test_concurrent_polls_share_pipelines_but_stay_one_command_each(
+    make_service, bridge: Bridge, rdb: Any
+) -> None:
+    svc = await make_service()
+    for i in range(10):
+        bridge.open_run(f"c{i}", tenant="acme")
+    await poll(svc, "c0")
+    rdb.config_resetstat()
+    answers = await asyncio.gather(*(poll(svc, f"c{i % 10}") for i in range(60)))
+    assert [body["run_id"] for _, body, _ in answers] == [f"c{i % 10}" for i in range(60)]
+    counts = command_counts(rdb)
+    assert counts.get("hmget") == 60, counts
+
+
+async def test_meta_reads_answer_each_caller_even_when_one_read_fails(
+    redis_url: str, rdb: Any
+) -> None:
+    rdb.hset(meta_key("good"), mapping={"tenant": "acme", "epoch": "e", "phase": "running"})
+    rdb.set(meta_key("wrong"), "not a hash")
+    store = StoreClient(redis_url, 2)
+    reads = MetaReads(store)
+    good, wrong, missing = await asyncio.gather(
+        reads.get("good"), reads.get("wrong"), reads.get("missing"), return_exceptions=True
+    )
+    assert isinstance(good, list) and good[0] == b"acme"
+    assert isinstance(wrong, ResponseError) and "WRONGTYPE" in str(wrong)
+    assert missing == [None] * len(good)
+    await reads.aclose()
+    await store.aclose()
+
+
+async def test_meta_reads_fail_every_caller_when_the_store_is_down() -> None:
+    store = StoreClient(f"redis://127.0.0.1:{free_port()}/0", 2)
+    reads = MetaReads(store)
+    answers = await asyncio.gather(*(reads.get(f"r{i}") for i in range(5)), return_exceptions=True)
+    assert all(isinstance(a, ConnectionError | RedisConnectionError) for a in answers), answers
+    await reads.aclose()
+    await store.aclose()
