@@ -61,8 +61,9 @@ async def result_page(
     end = meta.n  # what the log held when the meta was read: the page stops there
     while len(rows) < limit and position < end:
         batch = await reader.after(meta.run_id, position, min(SCAN_BATCH, end - position))
-        if not batch:
-            break  # trimmed or expired meanwhile: nothing more to read
+        if not batch:  # expired meanwhile: nothing more to read
+            position = end
+            break
         for entry in batch:
             if entry.n > end:  # the log was trimmed past ``end`` meanwhile: stop there
                 position = end
