@@ -54,6 +54,7 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
         await hub.start()
         yield
         await hub.stop()
+        await app[LIFECYCLE].aclose()
         await app[READER].aclose()
         await store.aclose()
 

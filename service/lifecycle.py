@@ -16,6 +16,7 @@ from redis.exceptions import ResponseError
 from runlog.calls import Call, LogLimits, cancel_call, submit_call, translate_error
 from runlog.connect import is_cluster
 
+from .coalesce import script_calls
 from .settings import Settings
 from .store_client import StoreClient
 
@@ -49,7 +50,7 @@ class Lifecycle:
     def __init__(self, store: StoreClient, settings: Settings) -> None:
         self._store = store
         self._limits = LogLimits(maxlen=settings.stream_maxlen, retention_s=settings.retention_s)
-        self._scripts: dict[str, Any] = {}
+        self._calls = script_calls(store)
 
     async def submit(
         self,
@@ -86,13 +87,13 @@ class Lifecycle:
         return self._limits
 
     async def _run(self, run_id: str, call: Call) -> Any:
-        source, keys, args = call
-        client = await self._store.get()
-        script = self._scripts.get(source)
-        if script is None:
-            # Script objects hash their source once and reload it if the store lost it.
-            script = self._scripts[source] = client.register_script(source)
+        # Concurrent submits and cancels travel together (``coalesce``); each script is
+        # still atomic on its own.
         try:
-            return await script(keys=keys, args=args)
+            return await self._calls.call(call)
         except ResponseError as exc:
             raise translate_error(exc, run_id) from None
+
+    async def aclose(self) -> None:
+        """Finish the calls in flight."""
+        await self._calls.aclose()

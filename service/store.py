@@ -7,7 +7,7 @@ from typing import Any
 
 from runlog.keys import log_key, meta_key
 
-from .meta_reads import MetaReads
+from .coalesce import meta_reads
 from .runobject import RunMeta
 from .store_client import StoreClient
 
@@ -84,7 +84,7 @@ class LogReader:
 
     def __init__(self, store: StoreClient) -> None:
         self.store = store
-        self._meta_reads = MetaReads(store)
+        self._meta_reads = meta_reads(store)
 
     async def aclose(self) -> None:
         """Finish the reads in flight."""
@@ -122,8 +122,8 @@ class LogReader:
     async def meta(self, run_id: str) -> RunMeta | None:
         """The run object's fields in one command (the cheap poll); None if absent.
 
-        Concurrent calls share a pipeline (``MetaReads``)."""
-        return RunMeta.from_values(run_id, await self._meta_reads.get(run_id))
+        Concurrent calls share a pipeline (``coalesce.meta_reads``)."""
+        return RunMeta.from_values(run_id, await self._meta_reads.call(run_id))
 
     async def entry(self, run_id: str, n: int) -> Entry | None:
         """Event number ``n``, if still retained."""

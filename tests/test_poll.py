@@ -20,7 +20,7 @@ from runlog.ids import parse_ts_us
 from runlog.keys import meta_key
 from runner_bridge import Bridge
 from service import runs
-from service.meta_reads import MetaReads
+from service.coalesce import meta_reads
 from service.runobject import RunMeta, etag, etag_matches, poll_hint_ms, retry_after_s
 from service.store_client import StoreClient
 
@@ -297,9 +297,9 @@ async def test_meta_reads_answer_each_caller_even_when_one_read_fails(
     rdb.hset(meta_key("good"), mapping={"tenant": "acme", "epoch": "e", "phase": "running"})
     rdb.set(meta_key("wrong"), "not a hash")
     store = StoreClient(redis_url, 2)
-    reads = MetaReads(store)
+    reads = meta_reads(store)
     good, wrong, missing = await asyncio.gather(
-        reads.get("good"), reads.get("wrong"), reads.get("missing"), return_exceptions=True
+        reads.call("good"), reads.call("wrong"), reads.call("missing"), return_exceptions=True
     )
     assert isinstance(good, list) and good[0] == b"acme"
     assert isinstance(wrong, ResponseError) and "WRONGTYPE" in str(wrong)
@@ -310,8 +310,8 @@ async def test_meta_reads_answer_each_caller_even_when_one_read_fails(
 
 async def test_meta_reads_fail_every_caller_when_the_store_is_down() -> None:
     store = StoreClient(f"redis://127.0.0.1:{free_port()}/0", 2)
-    reads = MetaReads(store)
-    answers = await asyncio.gather(*(reads.get(f"r{i}") for i in range(5)), return_exceptions=True)
+    reads = meta_reads(store)
+    answers = await asyncio.gather(*(reads.call(f"r{i}") for i in range(5)), return_exceptions=True)
     assert all(isinstance(a, ConnectionError | RedisConnectionError) for a in answers), answers
     await reads.aclose()
     await store.aclose()

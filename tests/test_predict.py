@@ -430,3 +430,20 @@ async def test_a_chunked_body_is_refused_once_it_passes_1_mib_not_when_it_ends(
     writer.close()
     await writer.wait_closed()
     assert rdb.xlen(queue_key()) == 0
+
+
+async def test_submit_and_cancel_survive_a_store_that_lost_its_scripts(
+    make_service, rdb: Any
+) -> None:
+    svc = await make_service()
+    status, _, _ = await post(svc, {"task_suite": SUITE, "run_id": "s1"})
+    assert status == 202
+    rdb.script_flush()
+    answers = await asyncio.gather(
+        *(post(svc, {"task_suite": SUITE, "run_id": f"s{i}"}) for i in range(2, 6))
+    )
+    assert [status for status, _, _ in answers] == [202] * 4
+    assert rdb.xlen(queue_key()) == 5  # each submit ran exactly once
+    rdb.script_flush()
+    status, body, _ = await post(svc, {"action": "cancel", "run_id": "s1"})
+    assert status == 200 and body["phase"] == "cancelled"
