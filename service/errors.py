@@ -80,6 +80,11 @@ class IdempotencyKeyReused(ApiError, ValueError):
     code = "idempotency_key_reused"
 
 
+class NotSupported(ApiError, NotImplementedError):
+    status = 501
+    code = "not_supported"
+
+
 class StoreUnavailable(ApiError, ConnectionError):
     status = 503
     code = "unavailable"

@@ -17,6 +17,7 @@ from runlog.calls import Call, LogLimits, cancel_call, submit_call, translate_er
 from runlog.connect import is_cluster
 
 from .coalesce import script_calls
+from .errors import NotSupported
 from .settings import Settings
 from .store_client import StoreClient
 
@@ -62,6 +63,10 @@ class Lifecycle:
         body_digest: str,
     ) -> Submitted:
         """Create, keep and queue the run (or name the run an earlier identical submit made)."""
+        if is_cluster(await self._store.get()):
+            # The run's keys, the queue and the idempotency record live in three slots,
+            # which one script cannot touch on a Redis Cluster.
+            raise NotSupported("submitting runs is not supported on a Redis Cluster store yet")
         limits = await self._current_limits()
         call = submit_call(
             run_id,

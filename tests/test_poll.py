@@ -315,3 +315,32 @@ async def test_meta_reads_fail_every_caller_when_the_store_is_down() -> None:
     assert all(isinstance(a, ConnectionError | RedisConnectionError) for a in answers), answers
     await reads.aclose()
     await store.aclose()
+
+
+async def test_poll_and_cancel_on_a_redis_cluster_submit_refused_clearly(aiohttp_client) -> None:
+    from service.app import create_app
+    from service.auth import TokenTable
+    from service.settings import Settings
+
+    from .conftest import TOKEN_SPEC, TOKENS
+    from .redis_server import running_cluster
+
+    with running_cluster() as url:
+        settings = Settings(tenant_tokens=TOKEN_SPEC, redis_url=url)
+        client = await aiohttp_client(
+            create_app(settings, TokenTable.parse(TOKEN_SPEC), url),
+            server_kwargs={"host": "127.0.0.1"},
+        )
+        headers = {"X-Mantis-Token": TOKENS["acme"]}
+        with Bridge.from_url(url) as bridge:
+            for i in range(6):  # run ids spread over the cluster's slots
+                bridge.open_run(f"cl{i}", tenant="acme")
+            polls = await asyncio.gather(
+                *(client.get(f"/v1/runs/cl{i}", headers=headers) for i in range(6))
+            )
+            assert [(await r.json())["run_id"] for r in polls] == [f"cl{i}" for i in range(6)]
+            resp = await client.post("/v1/runs/cl3/cancel", headers=headers)
+            assert resp.status == 200 and (await resp.json())["phase"] == "cancelled"
+            resp = await client.post("/v1/predict", json={"task_suite": {}}, headers=headers)
+            assert resp.status == 501
+            assert (await resp.json())["error"]["code"] == "not_supported"
