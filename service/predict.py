@@ -137,8 +137,8 @@ async def predict(request: web.Request) -> web.Response:
     """``POST /v1/predict``: dispatch on ``action``."""
     tenant = header_tenant(request)
     body = parse_object(await read_body(request))
-    action = body.get("action", "submit")
-    if action == "submit":
+    action = body.get("action")
+    if action is None or action == "submit":
         return await submit(request, tenant, body)
     if action not in ACTIONS:
         shown = action if isinstance(action, str) else type(action).__name__
