@@ -137,7 +137,7 @@ def run_object(meta: RunMeta, now_us: int) -> dict[str, Any]:
         "cancel_requested": meta.cancel_requested,
         "steps": meta.steps,
         "rows": meta.rows,
-        "poll_after_ms": None if meta.terminal else poll_hint_ms(meta.updated_at, now_us),
+        "poll_after_ms": poll_hint(meta, now_us),
     }
 
 
@@ -179,8 +179,11 @@ def etag_matches(if_none_match: str | None, tag: str) -> bool:
     return False
 
 
-def hint_headers(meta: RunMeta, now_us: int) -> dict[str, str]:
-    """``Retry-After`` while the run is not terminal; nothing once it is."""
-    if meta.terminal:
-        return {}
-    return {"Retry-After": str(retry_after_s(poll_hint_ms(meta.updated_at, now_us)))}
+def poll_hint(meta: RunMeta, now_us: int) -> int | None:
+    """The run's poll hint in milliseconds; None once it is terminal."""
+    return None if meta.terminal else poll_hint_ms(meta.updated_at, now_us)
+
+
+def hint_headers(hint_ms: int | None) -> dict[str, str]:
+    """``Retry-After`` for a hint; nothing for a terminal run (no hint)."""
+    return {} if hint_ms is None else {"Retry-After": str(retry_after_s(hint_ms))}

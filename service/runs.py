@@ -18,7 +18,7 @@ from runlog.errors import RunTerminal
 from .appkeys import LIFECYCLE, READER, TOKENS
 from .errors import RunFinished, RunNotFound, Unauthorized
 from .lifecycle import CancelOutcome
-from .runobject import RunMeta, etag, etag_matches, hint_headers, run_object
+from .runobject import RunMeta, etag, etag_matches, hint_headers, poll_hint, run_object
 from .views import run_id_of
 
 
@@ -47,11 +47,10 @@ def run_response(
     meta: RunMeta, *, status: int = 200, extra: dict[str, Any] | None = None
 ) -> web.Response:
     """The run object as a response, with the poll hint header while the run goes on."""
-    now = now_us()
-    body = run_object(meta, now)
+    body = run_object(meta, now_us())
     if extra:
         body.update(extra)
-    headers = {"Cache-Control": "no-cache", **hint_headers(meta, now)}
+    headers = {"Cache-Control": "no-cache", **hint_headers(body["poll_after_ms"])}
     # orjson: this is the hot path of polling, and the object is all plain values.
     return web.Response(
         body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
@@ -64,7 +63,8 @@ async def get_run(request: web.Request) -> web.Response:
     meta = await tenant_run(request, run_id_of(request), tenant)
     tag = etag(meta)
     if etag_matches(request.headers.get("If-None-Match"), tag):
-        headers = {"ETag": tag, "Cache-Control": "no-cache", **hint_headers(meta, now_us())}
+        hint = poll_hint(meta, now_us())
+        headers = {"ETag": tag, "Cache-Control": "no-cache", **hint_headers(hint)}
         return web.Response(status=304, headers=headers)
     response = run_response(meta)
     response.headers["ETag"] = tag
