@@ -447,3 +447,29 @@ async def test_submit_and_cancel_survive_a_store_that_lost_its_scripts(
     rdb.script_flush()
     status, body, _ = await post(svc, {"action": "cancel", "run_id": "s1"})
     assert status == 200 and body["phase"] == "cancelled"
+
+
+async def test_every_route_answers_503_while_the_store_is_down(aiohttp_client) -> None:
+    from service.app import create_app
+    from service.auth import TokenTable
+    from service.settings import Settings
+
+    from .conftest import TOKEN_SPEC
+    from .redis_server import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    app = create_app(
+        Settings(tenant_tokens=TOKEN_SPEC, redis_url=url), TokenTable.parse(TOKEN_SPEC), url
+    )
+    client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})
+    headers = {"X-Mantis-Token": TOKENS["acme"]}
+    answers = [
+        await client.get("/v1/runs/r1", headers=headers),
+        await client.post("/v1/runs/r1/cancel", headers=headers),
+        await client.post(PREDICT, json={"task_suite": SUITE}, headers=headers),
+        await client.post(PREDICT, json={"action": "result", "run_id": "r1"}, headers=headers),
+    ]
+    for resp in answers:
+        assert resp.status == 503, await resp.text()
+        assert error_code(await resp.json()) == "unavailable"
+        assert resp.headers["Retry-After"]
