@@ -473,3 +473,47 @@ async def test_every_route_answers_503_while_the_store_is_down(aiohttp_client) -
         assert resp.status == 503, await resp.text()
         assert error_code(await resp.json()) == "unavailable"
         assert resp.headers["Retry-After"]
+
+
+async def test_concurrent_submits_with_one_key_through_two_pods_create_one_run(
+    make_service, rdb: Any
+) -> None:
+    """Each pod coalesces its own requests; across pods only the script's atomicity helps."""
+    pods = [await make_service(), await make_service()]
+    answers = await asyncio.gather(
+        *(
+            post(pods[i % 2], {"task_suite": SUITE}, **{"Idempotency-Key": "two-pods"})
+            for i in range(20)
+        )
+    )
+    assert {status for status, _, _ in answers} == {202}
+    assert len({body["run_id"] for _, body, _ in answers}) == 1
+    assert sum(1 for _, _, h in answers if "Idempotent-Replayed" not in h) == 1
+    assert rdb.xlen(queue_key()) == 1
+
+
+def test_the_submit_script_alone_is_atomic_under_20_threads(redis_url: str) -> None:
+    """20 threads, 20 connections, one key: exactly one ``created``, with no service at all."""
+    import threading
+
+    from runlog.calls import submit_call
+
+    barrier = threading.Barrier(20)
+    outcomes: list[bytes] = []
+
+    def submit(i: int) -> None:
+        client = redis.Redis.from_url(redis_url)
+        source, keys, args = submit_call(
+            f"t{i}", "acme", b"{}", LogLimits(), idempotency_digest="k" * 64, body_digest="b"
+        )
+        script = client.register_script(source)
+        barrier.wait(timeout=10)
+        outcomes.append(script(keys=keys, args=args)[0])
+        client.close()
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes) == [b"created"] + [b"replayed"] * 19
