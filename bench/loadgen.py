@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+from .httpload import load
 from .stats import percentiles_ms
 from .worker import run, serve
 
@@ -430,6 +431,10 @@ class LoadGen:
             "span_s": (max(done_ns) - self.connect_t0_ns) / 1e9 if done_ns else None,
         }
 
+    async def op_http_load(self, **kwargs: Any) -> dict[str, Any]:
+        """Closed-loop submits or polls of the runs API (``bench.httpload``)."""
+        return await load(self.port, self.token, **kwargs)
+
     async def op_close_all(self) -> dict[str, Any]:
         self.closing = True
         for proto in list(self.protos):
@@ -447,6 +452,7 @@ async def main(argv: list[str]) -> None:
         "wait_seq": gen.op_wait_seq,
         "wait_done": gen.op_wait_done,
         "close_all": gen.op_close_all,
+        "http_load": gen.op_http_load,
     })
     await gen.op_close_all()
 

@@ -221,6 +221,29 @@ def build_rows(scenarios: dict[str, dict[str, Any]]) -> list[Row]:
             "runner_bridge tail lines/s", ">= 10,000", "-", "not measured", "-", NOT_MEASURED,
             str(detail.get("not_measured", "scenario not run")),
         ))
+    runs = get("runs")
+    if runs.present:
+        ratio, status = _at_least(runs.median("submits_per_s"), 2_000)
+        if status == PASS and (runs.median("submit_p99_ms") or 1e9) > 50.0:
+            status = MISS
+        rows.append(Row(
+            "Runs API submits/s on one pod (p99 <= 50 ms)", ">= 2,000", "-",
+            runs.text("submits_per_s", "/s", 0), ratio, status,
+            f"p50 {runs.text('submit_p50_ms', ' ms', 2)}, p99 "
+            f"{runs.text('submit_p99_ms', ' ms', 2)}; "
+            f"{runs.text('redis_cmds_per_submit', '', 1)} Redis commands each. "
+            f"{client_note(runs)} {noise_note(runs)}",
+        ))
+        ratio, status = _at_least(runs.median("polls_per_s"), 10_000)
+        if status == PASS and (runs.median("poll_p99_ms") or 1e9) > 50.0:
+            status = MISS
+        rows.append(Row(
+            "Runs API cheap polls/s on one pod (p99 <= 50 ms)", ">= 10,000", "-",
+            runs.text("polls_per_s", "/s", 0), ratio, status,
+            f"p50 {runs.text('poll_p50_ms', ' ms', 2)}, p99 {runs.text('poll_p99_ms', ' ms', 2)}; "
+            f"{runs.text('redis_cmds_per_poll', '', 2)} Redis commands each; load generator "
+            f"{_num(runs.median('poll_loadgen_cpu_pct'), '%', 0)} of its core",
+        ))
     gaps = _rep_sum_all(scenarios, "gaps")
     dups = _rep_sum_all(scenarios, "dups")
     problems = [p for s in scenarios.values() for p in s.get("problems", [])]

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from runlog.keys import log_key, meta_key
+from runlog.keys import log_key, meta_key, queue_key
 
 from .env import TENANT, Env, command_delta
 from .procs import CLIENT_CORE, ROOT, Meter, pinned, rss_kb
@@ -428,6 +428,66 @@ async def bridge(env: Env, sz: Sizes) -> Result:
     }
     return {"figures": figures, "detail": {"pipelined": piped, "sequential": one_by_one},
             "problems": problems}
+
+
+RUNS_SUBMITS_TARGET = 2_000.0
+RUNS_POLLS_TARGET = 10_000.0
+
+
+async def runs(env: Env, sz: Sizes) -> Result:
+    """The runs API on one pod: closed-loop submits, then cheap polls of the runs made."""
+    meter = env.meter()
+    before = meter.sample()
+    commands0 = await env.command_counts()
+    submits = await env.loadgen.call(
+        "http_load", kind="submit", seconds=sz.runs_window_s, concurrency=sz.runs_concurrency,
+        keep_ids=sz.runs_poll_targets, limit_s=60 + sz.runs_window_s * 4,
+    )
+    submit_cpu = Meter.window(before, meter.sample())
+    commands1 = await env.command_counts()
+    queued = await env.admin.xlen(queue_key())
+    before = meter.sample()
+    polls = await env.loadgen.call(
+        "http_load", kind="poll", seconds=sz.runs_window_s, concurrency=sz.runs_concurrency,
+        run_ids=submits["run_ids"], limit_s=60 + sz.runs_window_s * 4,
+    )
+    poll_cpu = Meter.window(before, meter.sample())
+    commands2 = await env.command_counts()
+    problems = []
+    accepted = submits["statuses"].get("202", 0)
+    if accepted != submits["requests"] or submits["errors"]:
+        problems.append(f"submits: {submits['statuses']} {submits['errors']}")
+    if queued != accepted:
+        problems.append(f"queue holds {queued} runs after {accepted} accepted submits")
+    if polls["statuses"].get("200", 0) != polls["requests"] or polls["errors"]:
+        problems.append(f"polls: {polls['statuses']} {polls['errors']}")
+    submit_cmds = command_delta(commands0, commands1)
+    poll_cmds = command_delta(commands1, commands2)
+    figures = {
+        "submits_per_s": submits["per_s"],
+        "submit_p50_ms": submits["p50_ms"],
+        "submit_p99_ms": submits["p99_ms"],
+        "polls_per_s": polls["per_s"],
+        "poll_p50_ms": polls["p50_ms"],
+        "poll_p99_ms": polls["p99_ms"],
+        "submits_target_met": submits["per_s"] >= RUNS_SUBMITS_TARGET
+        and (submits["p99_ms"] or 1e9) <= P99_TARGET_MS,
+        "polls_target_met": polls["per_s"] >= RUNS_POLLS_TARGET
+        and (polls["p99_ms"] or 1e9) <= P99_TARGET_MS,
+        "redis_cmds_per_submit": sum(submit_cmds.values()) / max(1, submits["requests"]),
+        "redis_cmds_per_poll": sum(poll_cmds.values()) / max(1, polls["requests"]),
+        "submit_service_cpu_pct": submit_cpu["service_cpu_pct"],
+        "poll_service_cpu_pct": poll_cpu["service_cpu_pct"],
+        "poll_loadgen_cpu_pct": poll_cpu["loadgen_cpu_pct"],
+        "client_bound": max(submit_cpu["loadgen_cpu_pct"], poll_cpu["loadgen_cpu_pct"])
+        >= CLIENT_BOUND_PCT,
+        "foreign_core0_pct": max(submit_cpu["foreign_core0_pct"], poll_cpu["foreign_core0_pct"]),
+    }
+    submits.pop("run_ids", None)
+    polls.pop("run_ids", None)
+    detail = {"submits": submits, "polls": polls, "submit_commands": submit_cmds,
+              "poll_commands": poll_cmds}
+    return {"figures": figures, "detail": detail, "problems": problems}
 
 
 def tail_available() -> str | None:

@@ -39,6 +39,10 @@ class Sizes:
     bridge_batch: int = 100
     bridge_sequential: int = 3_000
     tail_lines: int = 20_000
+    # runs API: closed-loop submits, then polls, on this many keep-alive connections
+    runs_concurrency: int = 64
+    runs_window_s: float = 5.0
+    runs_poll_targets: int = 100
     # the default loop: how many repetitions of the fan-out and idle scenarios run on it
     asyncio_fan_reps: int = 1
     asyncio_idle_reps: int = 1
@@ -56,7 +60,8 @@ FULL = Sizes(mode="full", reps=3)
 QUICK = replace(
     FULL, mode="quick", reps=1, fan_window_s=5.0, step_window_s=3.0, fan_warmup_s=1.0,
     hot_window_s=5.0, hot_warmup_s=1.0, idle_settle_s=2.0, bridge_rows=20_000,
-    bridge_sequential=1_000, asyncio_fan_reps=1, asyncio_idle_reps=0, quiet_wait_s=10.0,
+    bridge_sequential=1_000, runs_window_s=3.0, asyncio_fan_reps=1, asyncio_idle_reps=0,
+    quiet_wait_s=10.0,
     quiet_budget_s=60.0,
 )
 
@@ -69,6 +74,7 @@ SMOKE = Sizes(
     storm_clients=10, storm_events=300,
     cmd_watchers=(1, 10), cmd_events=50,
     bridge_rows=500, bridge_batch=100, bridge_sequential=100, tail_lines=200,
+    runs_concurrency=4, runs_window_s=0.5, runs_poll_targets=5,
     asyncio_fan_reps=1, asyncio_idle_reps=0, timeout_scale=0.5, noisy_retries=0,
     quiet_wait_s=0.0,
 )

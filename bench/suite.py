@@ -58,6 +58,7 @@ def plan(sz: Sizes) -> list[Entry]:
         Entry("redis_per_pod", sc.redis_per_pod, "uvloop", 1, LOAD_ENV),
         Entry("bridge", sc.bridge, "uvloop", sz.reps, LOAD_ENV),
         Entry("tail", sc.tail, "uvloop", sz.reps, LOAD_ENV),
+        Entry("runs", sc.runs, "uvloop", sz.reps, LOAD_ENV),
     ]
 
 

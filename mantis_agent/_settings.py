@@ -74,6 +74,21 @@ class ClientSettings:
         """URL of a run's event stream; the run id is quoted so it stays one path segment."""
         return f"{self.endpoint.rstrip('/')}/v1/runs/{quote(run_id, safe='')}/events"
 
+    def api_url(self, path: str) -> str:
+        """URL of an API path (``/v1/...``) on the endpoint."""
+        return f"{self.endpoint.rstrip('/')}{path}"
+
+    def run_url(self, run_id: str, suffix: str = "") -> str:
+        """URL of ``/v1/runs/{run_id}`` (plus ``suffix``), the run id quoted as one segment."""
+        return self.api_url(f"/v1/runs/{quote(run_id, safe='')}{suffix}")
+
+    def api_request(self, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Keyword arguments for one plain (not streaming) API request."""
+        return {
+            "headers": {TOKEN_HEADER: self.token, **(headers or {})},
+            "timeout": httpx.Timeout(self.connect_timeout_s, read=self.idle_timeout_s),
+        }
+
     def stream_request(self, since: str) -> dict[str, Any]:
         """Keyword arguments for `connect_sse` (which adds the Accept header itself)."""
         return {

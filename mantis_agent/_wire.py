@@ -18,9 +18,14 @@ from httpx_sse import ServerSentEvent
 
 from .errors import (
     BadRequest,
+    Conflict,
+    IdempotencyKeyReused,
     InvalidCursor,
     MantisConnectionError,
     MantisError,
+    PayloadTooLarge,
+    RunExists,
+    RunFinished,
     RunNotFound,
     ServiceUnavailable,
     Unauthorized,
@@ -126,6 +131,13 @@ def error_for(response: httpx.Response, what: str) -> MantisError:
     if status == 400:
         kind = InvalidCursor if code == "invalid_cursor" else BadRequest
         return kind(text, code=code, status=status)
+    if status == 409:
+        conflict = {"run_exists": RunExists, "run_finished": RunFinished}.get(code or "", Conflict)
+        return conflict(text, code=code, status=status)
+    if status == 413:
+        return PayloadTooLarge(text, code=code, status=status)
+    if status == 422 and code == "idempotency_key_reused":
+        return IdempotencyKeyReused(text, code=code, status=status)
     if status == 429 or status >= 500:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         return ServiceUnavailable(text, code=code, status=status, retry_after=retry_after)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import httpx
 from httpx_sse import aconnect_sse
 
 from ._follow import DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_CAP_S, Follower
+from ._runs import ApiCall, ResultGatherer, RunHandle, RunsApi, Waiter
 from ._settings import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S, ClientSettings
 from ._wire import Connection, Event, Outcome, check_stream_response
-from .errors import MantisError
+from .errors import MantisConnectionError, MantisError
 
 
 class AsyncMantisClient:
@@ -37,6 +38,7 @@ class AsyncMantisClient:
         # A client handed in belongs to the caller: used, never closed, here.
         self._owns_http = http is None
         self._http = http if http is not None else httpx.AsyncClient()
+        self._runs = RunsApi(self._settings)
 
     @classmethod
     def from_env(cls, *, http: httpx.AsyncClient | None = None) -> Self:
@@ -62,6 +64,60 @@ class AsyncMantisClient:
         """Close the HTTP connections this client opened."""
         if self._owns_http:
             await self._http.aclose()
+
+    # -- runs: the same methods as MantisClient, awaited --------------------------------
+
+    async def predict(
+        self, body: Mapping[str, Any], idempotency_key: str | None = None
+    ) -> RunHandle:
+        """Submit a run; see `MantisClient.predict`."""
+        return self._runs.handle(await self._send(self._runs.predict(body, idempotency_key)))
+
+    async def status(self, run_id: str) -> dict[str, Any]:
+        """The run object (``{"action": "status"}``)."""
+        return self._runs.json_of(await self._send(self._runs.action("status", run_id)), run_id)
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        """The run object from the cheap poll ``GET /v1/runs/{run_id}``."""
+        return self._runs.json_of(await self._send(self._runs.get_run(run_id)), run_id)
+
+    async def cancel(self, run_id: str) -> dict[str, Any]:
+        """Cancel the run; see `MantisClient.cancel`."""
+        return self._runs.json_of(await self._send(self._runs.cancel(run_id)), run_id)
+
+    async def result(self, run_id: str, *, limit: int | None = None) -> dict[str, Any]:
+        """Every extract row so far, all pages gathered; see `MantisClient.result`."""
+        gatherer = ResultGatherer(self._runs, run_id, limit)
+        while gatherer.take(await self._send(gatherer.request())):
+            pass
+        return gatherer.answer()
+
+    async def result_page(
+        self, run_id: str, cursor: str = "", *, limit: int | None = None
+    ) -> dict[str, Any]:
+        """One page of extract rows after ``cursor``."""
+        call = self._runs.action("result", run_id, cursor=cursor, limit=limit)
+        return self._runs.json_of(await self._send(call), run_id)
+
+    # The contract names the parameter for both clients; asyncio.timeout() works too.
+    async def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
+        """Poll with the server's hint until terminal; `WaitTimeout` after ``timeout`` s."""
+        waiter = Waiter(self._runs, run_id, timeout)
+        while True:
+            delay = waiter.delay_after(await self._send(waiter.request()))
+            if delay is None:
+                return waiter.final()
+            await asyncio.sleep(delay)
+
+    async def _send(self, call: ApiCall) -> httpx.Response:
+        try:
+            return await self._http.request(call.method, call.url, **call.kwargs)
+        except httpx.RequestError as exc:
+            raise MantisConnectionError(
+                f"cannot reach {self._settings.display_endpoint}: {type(exc).__name__}"
+            ) from exc
+
+    # -- events ------------------------------------------------------------------------
 
     def stream_events(self, run_id: str, since: str = "") -> AsyncGenerator[Event, None]:
         """Events after `since` over one connection; ends as `MantisClient.stream_events`."""

@@ -64,3 +64,27 @@ class ServiceUnavailable(MantisError, ConnectionError):
 
 class UnexpectedResponse(MantisError):
     """A response the contract does not describe (another status, not an event stream)."""
+
+
+class Conflict(MantisError):
+    """409: the request conflicts with the run's state."""
+
+
+class RunExists(Conflict):
+    """409 `run_exists`: a submit named a `run_id` that is already taken."""
+
+
+class RunFinished(Conflict):
+    """409 `run_finished`: the run is already over (complete, halted or cancelled)."""
+
+
+class IdempotencyKeyReused(MantisError, ValueError):
+    """422 `idempotency_key_reused`: the key was used within 24 h with another body."""
+
+
+class PayloadTooLarge(MantisError, ValueError):
+    """413 `payload_too_large`: the request body passes the service's 1 MiB bound."""
+
+
+class WaitTimeout(MantisError, TimeoutError):
+    """`wait` gave up: the run was not terminal when its timeout passed."""

@@ -6,14 +6,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .appkeys import HUB, READER, SETTINGS, STORE, TICKETS, TOKENS
+from .appkeys import HUB, LIFECYCLE, READER, SETTINGS, STORE, TICKETS, TOKENS
 from .auth import TokenTable
 from .cors import Cors
 from .errors import error_middleware
 from .frame_cache import FrameCache
 from .hub import Hub
+from .lifecycle import Lifecycle
 from .metrics import configure_metrics, metrics_view
 from .openapi import openapi_view
+from .predict import predict
 from .requestlog import install as install_request_log
 from .runs import cancel_run, get_run
 from .settings import Settings
@@ -35,6 +37,7 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
     cors.install(app)
     app.router.add_get("/v1/runs/{run_id}", get_run)
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)
+    app.router.add_post("/v1/predict", predict)
     app.router.add_get("/healthz", health)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/openapi.json", openapi_view)
@@ -47,6 +50,7 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
         store = StoreClient(redis_url, settings.redis_max_connections)
         app[STORE] = store
         app[READER] = LogReader(store)
+        app[LIFECYCLE] = Lifecycle(store, settings)
         hub = Hub(
             redis_url,
             heartbeat_s=settings.heartbeat_s,
@@ -57,6 +61,8 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
         await hub.start()
         yield
         await hub.stop()
+        await app[LIFECYCLE].aclose()
+        await app[READER].aclose()
         await store.aclose()
 
     async def end_streams(app: web.Application) -> None:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from .auth import TokenTable
 from .hub import Hub
+from .lifecycle import Lifecycle
 from .metrics import ScrapeHook
 from .settings import Settings
 from .store import LogReader
@@ -25,3 +26,4 @@ SCRAPE_HOOKS = web.AppKey("scrape_hooks", list[ScrapeHook])
 # Per request: its id (logs, X-Request-Id) and the tenant it authenticated as (access log).
 REQUEST_ID = web.RequestKey("request_id", str)
 TENANT = web.RequestKey("tenant", str)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

@@ -49,9 +49,40 @@ class InvalidRequest(ApiError, ValueError):
     code = "invalid_request"
 
 
+class InvalidJson(ApiError, ValueError):
+    code = "invalid_json"
+
+
+class InvalidAction(ApiError, ValueError):
+    code = "invalid_action"
+
+
+class PayloadTooLarge(ApiError, ValueError):
+    status = 413
+    code = "payload_too_large"
+
+
 class Conflict(ApiError):
     status = 409
     code = "conflict"
+
+
+class RunExists(Conflict):
+    code = "run_exists"
+
+
+class RunFinished(Conflict):
+    code = "run_finished"
+
+
+class IdempotencyKeyReused(ApiError, ValueError):
+    status = 422
+    code = "idempotency_key_reused"
+
+
+class NotSupported(ApiError, NotImplementedError):
+    status = 501
+    code = "not_supported"
 
 
 class StoreUnavailable(ApiError, ConnectionError):

@@ -7,7 +7,9 @@ from typing import Any
 
 from runlog.keys import log_key, meta_key
 
+from .coalesce import meta_reads
 from .metrics import timed
+from .runobject import RunMeta
 from .store_client import StoreClient
 
 _META_FIELDS = (
@@ -83,6 +85,11 @@ class LogReader:
 
     def __init__(self, store: StoreClient) -> None:
         self.store = store
+        self._meta_reads = meta_reads(store)
+
+    async def aclose(self) -> None:
+        """Finish the reads in flight."""
+        await self._meta_reads.aclose()
 
     @timed("ping")
     async def ping(self) -> None:
@@ -114,6 +121,13 @@ class LogReader:
             first_n=first_entry.n if first_entry else last_n + 1,
             first_t=first_entry.t if first_entry else None,
         )
+
+    @timed("meta")
+    async def meta(self, run_id: str) -> RunMeta | None:
+        """The run object's fields in one command (the cheap poll); None if absent.
+
+        Concurrent calls share a pipeline (``coalesce.meta_reads``)."""
+        return RunMeta.from_values(run_id, await self._meta_reads.call(run_id))
 
     @timed("entry")
     async def entry(self, run_id: str, n: int) -> Entry | None:

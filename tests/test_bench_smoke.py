@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {
     "fanout", "fanout_asyncio", "idle", "hot_run", "replay_storm", "redis_per_pod", "bridge",
-    "tail",
+    "tail", "runs",
 }
 # The keys each scenario's figures must carry (the table is built from them).
 FIGURES = {
@@ -30,6 +30,7 @@ FIGURES = {
                       "service_conns_w1", "service_conns_w10"],
     "bridge": ["pipelined_appends_per_s", "sequential_appends_per_s"],
     "tail": ["measured"],
+    "runs": ["submits_per_s", "polls_per_s", "submit_p99_ms", "poll_p99_ms"],
 }
 
 
@@ -61,6 +62,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     metrics = [row["metric"] for row in data["table"]]
     for words in ("CPU per delivered event", "Max deliveries/s", "RSS per idle", "Hot run",
                   "Replay storm", "Redis commands", "Redis connections", "AsyncBridge",
-                  "tail lines/s", "Gaps / duplicates", "default asyncio loop"):
+                  "tail lines/s", "Runs API submits/s", "Runs API cheap polls/s",
+                  "Gaps / duplicates", "default asyncio loop"):
         assert any(words in m for m in metrics), (words, metrics)
     assert "metric" in proc.stdout and str(result) in proc.stdout

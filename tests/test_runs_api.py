@@ -28,7 +28,7 @@ async def test_cancel_queued_run_writes_phase_and_terminal(make_service, bridge:
     assert page["done"] is True
     again = await svc.client.post("/v1/runs/c1/cancel", headers=svc.headers())
     assert again.status == 409
-    assert (await again.json())["error"]["code"] == "conflict"
+    assert (await again.json())["error"]["code"] == "run_finished"
 
 
 async def test_cancel_needs_the_tenant_token(make_service, bridge: Bridge) -> None:
