@@ -115,7 +115,8 @@ class Worker:
         exc = task.exception()
         if isinstance(exc, ClaimLost) or job.lost:
             self.report.lost += 1
-            log.warning("run %r was taken over by another worker; dropped it", job.run_id)
+            why = f"write refused: {exc}" if exc is not None else "taken over by another worker"
+            log.warning("dropped run %r (%s)", job.run_id, why)
             return
         if exc is not None:
             log.error("handler failed on run %r", job.run_id, exc_info=exc)
