@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,10 +195,3 @@ class Workers:
                 worker.proc.send_signal(signal.SIGCONT)
                 worker.proc.kill()
                 worker.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def workers(redis_url: str, tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(url=redis_url, tmp=tmp_path)
-    yield pool
-    pool.stop_all()

@@ -199,7 +199,8 @@ def test_takeover_waits_for_the_lease_then_fences_the_old_holder(redis_url: str)
         first = claim_result(run_script(bridge.client, claim_call("r1", "w1", 400, limits)))
         assert (first.outcome, first.fence, first.resumed) == ("held", "1", False)
         # A second claim of a fresh entry for a held run is a duplicate entry: skipped.
-        assert claim_result(run_script(bridge.client, claim_call("r1", "w9", 400, limits))).outcome == "skip"
+        again = claim_result(run_script(bridge.client, claim_call("r1", "w9", 400, limits)))
+        assert again.outcome == "skip"
         alive = claim_result(run_script(bridge.client, takeover_call("r1", "w2", 400, limits)))
         assert alive.outcome == "alive"  # w1's lease still runs
         old = bridge.run("r1")
