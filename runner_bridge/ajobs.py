@@ -230,7 +230,10 @@ class _AsyncConsumer:
         """The run reached a terminal phase under our claim: take its entry off the queue."""
         _mark(state, FINISHED)
         await self._stop_keepalive(state)
-        await self._ack(state.entry)
+        try:
+            await self._ack(state.entry)
+        except RedisError as exc:  # the run is finished all the same; a later scan drops it
+            log.warning("could not take run %r off the queue: %s", state.run_id, exc)
 
     async def settle(self, state: JobState) -> None:
         """The job is no longer worked on: hand back a run that is not finished."""

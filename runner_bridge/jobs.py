@@ -250,7 +250,10 @@ class _Consumer:
         """The run reached a terminal phase under our claim: take its entry off the queue."""
         self._mark(state, FINISHED)
         self._stop_keepalive(state)
-        self._ack(state.entry)
+        try:
+            self._ack(state.entry)
+        except RedisError as exc:  # the run is finished all the same; a later scan drops it
+            log.warning("could not take run %r off the queue: %s", state.run_id, exc)
 
     def settle(self, state: JobState) -> None:
         """The job is no longer worked on: hand back a run that is not finished."""

@@ -75,9 +75,21 @@ class Worker:
 
     async def run(self) -> WorkerReport:
         """Work until shut down."""
-        async with asyncio.TaskGroup() as group:
-            for name in self._options.slot_names():
-                group.create_task(self._slot(name), name=f"slot-{name}")
+        slots = [
+            asyncio.create_task(self._slot(name), name=f"slot-{name}")
+            for name in self._options.slot_names()
+        ]
+        try:
+            await asyncio.wait(slots, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            # One slot failing (the store gone, say) stops the others: their runs in hand
+            # are handed back as their iterators close, and the failure is raised as is.
+            for slot in slots:
+                slot.cancel()
+            await asyncio.wait(slots)
+        for slot in slots:
+            if not slot.cancelled() and (exc := slot.exception()) is not None:
+                raise exc
         return self.report
 
     def shutdown(self) -> None:

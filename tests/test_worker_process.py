@@ -31,6 +31,7 @@ from .queue_support import (
     submit_plan,
     wait_for,
 )
+from .redis_server import running_redis
 
 
 @pytest.fixture
@@ -200,3 +201,18 @@ def test_work_needs_a_handler_and_says_so(redis_url: str) -> None:
         )
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr, (args, done.stderr)
+
+
+def test_worker_exits_with_a_clear_error_when_the_store_goes(tmp_path: Path) -> None:
+    with running_redis() as (url, server):
+        pool = Workers(url=url, tmp=tmp_path)
+        try:
+            worker = pool.start("w1", "--demo")
+            server.kill()
+            server.wait()
+            assert worker.wait() == 1
+        finally:
+            pool.stop_all()
+    output = worker.output()
+    assert "runner_bridge work: error: cannot reach the store at" in output
+    assert "Traceback" not in output
