@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runlog.calls import LogLimits
-from runlog.connect import async_client, sync_client
+from runlog.connect import DEFAULT_MAX_CONNECTIONS, async_client, sync_client
 from runlog.errors import (
     BridgeError,
     InvalidPhase,
@@ -227,9 +227,10 @@ class _Store:
             probe.close()
         return Bridge(sync_client(self.url), limits=self.limits)
 
-    async def async_bridge(self) -> AsyncBridge:
+    async def async_bridge(self, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> AsyncBridge:
         """An asyncio bridge; fails fast (named errors) when the store cannot be used."""
-        client = await asyncio.wait_for(async_client(self.url), CONNECT_TIMEOUT_S)
+        connecting = async_client(self.url, max_connections)
+        client = await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S)
         return AsyncBridge(client, limits=self.limits)
 
 
@@ -372,7 +373,10 @@ def _work(store: _Store, args: argparse.Namespace) -> int:
 async def _work_async(
     store: _Store, options: WorkerOptions, handler: JobHandler
 ) -> WorkerReport:
-    bridge = await store.async_bridge()
+    # Each slot may hold a blocking read, a keep-alive and a write at once; a keep-alive
+    # left waiting for a pooled connection past the claim timeout would lose its run.
+    connections = max(DEFAULT_MAX_CONNECTIONS, 3 * options.concurrency + 2)
+    bridge = await store.async_bridge(connections)
     try:
         worker = Worker(bridge, handler, options)
         loop = asyncio.get_running_loop()

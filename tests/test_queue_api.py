@@ -1,5 +1,6 @@
 """The work queue through the library (CONTRACT section 7): ``Bridge.jobs`` and
-``AsyncBridge.jobs``, the claim scripts and fencing, against a real redis-server."""
+``AsyncBridge.jobs``, the claim scripts and fencing, against a real redis-server (and the
+embedded store where ``store_url`` says so)."""
 
 from __future__ import annotations
 
@@ -39,15 +40,15 @@ def take_one(bridge: Bridge, worker: str = "w1") -> Any:
     return next(jobs), jobs
 
 
-def test_jobs_take_runs_in_order_with_their_request(redis_url: str) -> None:
-    submit_plan(redis_url, "r1", [{"type": "click", "target": "#a"}])
-    submit(redis_url, "r2", {"task_suite": {"goal": "two"}, "metadata": {"k": 1}})
+def test_jobs_take_runs_in_order_with_their_request(store_url: str) -> None:
+    submit_plan(store_url, "r1", [{"type": "click", "target": "#a"}])
+    submit(store_url, "r2", {"task_suite": {"goal": "two"}, "metadata": {"k": 1}})
     stop = threading.Event()
     seen = []
-    with Bridge.from_url(redis_url) as bridge:
+    with Bridge.from_url(store_url) as bridge:
         for job in bridge.jobs(worker="w1", stop=stop, settings=FAST):
             assert (job.worker, job.run.phase_at_open, job.held) == ("w1", "running", True)
-            assert read_meta(redis_url, job.run_id)["phase"] == "running"
+            assert read_meta(store_url, job.run_id)["phase"] == "running"
             seen.append((job.run_id, job.request))
             job.run.append({"kind": "step", "step_index": 1, "type": "click"}, seq=1)
             job.run.finish("complete")
@@ -59,10 +60,10 @@ def test_jobs_take_runs_in_order_with_their_request(redis_url: str) -> None:
         ("r2", {"task_suite": {"goal": "two"}, "metadata": {"k": 1}}),
     ]
     for run_id in ("r1", "r2"):
-        assert phases(redis_url, run_id) == ["queued", "running", "complete"]
-        meta = read_meta(redis_url, run_id)
+        assert phases(store_url, run_id) == ["queued", "running", "complete"]
+        meta = read_meta(store_url, run_id)
         assert (meta["fence"], meta["worker"]) == ("1", "w1")
-    assert queue_state(redis_url) == (0, 0)  # acknowledged and deleted when finished
+    assert queue_state(store_url) == (0, 0)  # acknowledged and deleted when finished
 
 
 def test_a_run_submitted_before_any_worker_is_not_missed(redis_url: str) -> None:
@@ -146,14 +147,14 @@ def test_keepalive_keeps_a_slow_job_from_being_taken_over(redis_url: str) -> Non
     assert read_meta(redis_url, "r1")["fence"] == "1"
 
 
-def test_moving_on_without_finishing_hands_the_run_back(redis_url: str) -> None:
-    submit_plan(redis_url, "r1", [])
-    with Bridge.from_url(redis_url) as bridge:
+def test_moving_on_without_finishing_hands_the_run_back(store_url: str) -> None:
+    submit_plan(store_url, "r1", [])
+    with Bridge.from_url(store_url) as bridge:
         job, jobs = take_one(bridge, "w1")
         job.run.append({"kind": "step", "step_index": 1}, seq=1)
         jobs.close()  # the holder stops with the run unfinished
-        assert is_phase(redis_url, "r1", "recovering")
-        assert "worker" not in read_meta(redis_url, "r1")
+        assert is_phase(store_url, "r1", "recovering")
+        assert "worker" not in read_meta(store_url, "r1")
         with pytest.raises(ClaimLost):  # nothing the first holder still has in flight lands
             job.run.append({"kind": "step", "step_index": 2}, seq=2)
         again, jobs2 = take_one(bridge, "w2")  # queued again: taken at once, no timeout
@@ -163,9 +164,9 @@ def test_moving_on_without_finishing_hands_the_run_back(redis_url: str) -> None:
         again.run.append({"kind": "step", "step_index": 2}, seq=2)
         again.run.finish("complete")
         jobs2.close()
-    assert phases(redis_url, "r1") == ["queued", "running", "recovering", "running", "complete"]
-    assert [r["step_index"] for r in rows(redis_url, "r1")] == [1, 2]
-    assert queue_state(redis_url) == (0, 0)
+    assert phases(store_url, "r1") == ["queued", "running", "recovering", "running", "complete"]
+    assert [r["step_index"] for r in rows(store_url, "r1")] == [1, 2]
+    assert queue_state(store_url) == (0, 0)
 
 
 def test_explicit_release_and_the_loop_moving_on(redis_url: str) -> None:
@@ -316,11 +317,11 @@ async def test_async_jobs_closed_early_hand_the_run_back(redis_url: str) -> None
     assert queue_state(redis_url) == (0, 0)
 
 
-async def test_async_job_of_a_stalled_holder_is_taken_over(redis_url: str) -> None:
+async def test_async_job_of_a_stalled_holder_is_taken_over(store_url: str) -> None:
     """w1 holds a run but its keep-alive stops (a stalled process); w2 takes it over after
     the claim timeout and w1's next write is refused."""
-    submit_plan(redis_url, "a1", [])
-    async with AsyncBridge.from_url(redis_url) as bridge:
+    submit_plan(store_url, "a1", [])
+    async with AsyncBridge.from_url(store_url) as bridge:
         jobs1 = bridge.jobs("w1", settings=FAST)
         job1 = await anext(jobs1)
         await job1.run.append({"kind": "step", "step_index": 1}, seq=1)
@@ -336,6 +337,6 @@ async def test_async_job_of_a_stalled_holder_is_taken_over(redis_url: str) -> No
         await job2.run.finish("complete")
         await jobs1.aclose()  # a lost job is not handed back: the entry is w2's
         await jobs2.aclose()
-    assert phases(redis_url, "a1") == ["queued", "running", "recovering", "running", "complete"]
-    assert [r["step_index"] for r in rows(redis_url, "a1")] == [1, 2]
-    assert queue_state(redis_url) == (0, 0)
+    assert phases(store_url, "a1") == ["queued", "running", "recovering", "running", "complete"]
+    assert [r["step_index"] for r in rows(store_url, "a1")] == [1, 2]
+    assert queue_state(store_url) == (0, 0)

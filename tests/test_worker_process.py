@@ -52,7 +52,8 @@ def claims(*outputs: str) -> Counter[str]:
 def test_thirty_runs_over_three_workers_each_taken_once(
     workers: Workers, redis_url: str
 ) -> None:
-    procs = [workers.start(f"w{i}", "--demo", "--pace-s", "0.01") for i in (1, 2, 3)]
+    procs = [workers.start(f"w{i}", "--demo", "--pace-s", "0.01") for i in (1, 2)]
+    procs.append(workers.start("w3", "--demo", "--pace-s", "0.01", "--concurrency", "2"))
     steps = plan(4)
     run_ids = [f"run-{i:02d}" for i in range(30)]
     for run_id in run_ids:
@@ -64,7 +65,7 @@ def test_thirty_runs_over_three_workers_each_taken_once(
         assert row_keys(redis_url, run_id) == expected_rows(steps), run_id
         meta = read_meta(redis_url, run_id)
         assert meta["fence"] == "1", run_id  # one claim, never taken over
-        assert meta["worker"] in {"w1", "w2", "w3"}
+        assert meta["worker"] in {"w1", "w2", "w3.1", "w3.2"}
     assert claims(*(p.output() for p in procs)) == Counter(run_ids)
     assert queue_state(redis_url) == (0, 0)
     for p in procs:
