@@ -16,7 +16,7 @@ from runlog.calls import LogLimits, claim_call, claim_result, takeover_call
 from runlog.errors import ClaimLost, InvalidWorker
 from runlog.keys import meta_key, queue_key
 from runner_bridge import AsyncBridge, Bridge
-from runner_bridge.consumer import QueueSettings, check_worker
+from runner_bridge.consumer import ConsumerCore, Entry, QueueSettings, check_worker
 
 from .queue_support import (
     cancel,
@@ -340,3 +340,54 @@ async def test_async_job_of_a_stalled_holder_is_taken_over(store_url: str) -> No
     assert phases(store_url, "a1") == ["queued", "running", "recovering", "running", "complete"]
     assert [r["step_index"] for r in rows(store_url, "a1")] == [1, 2]
     assert queue_state(store_url) == (0, 0)
+
+
+def test_sync_job_of_a_stalled_holder_is_lost_and_not_handed_back(redis_url: str) -> None:
+    submit_plan(redis_url, "r1", [])
+    with Bridge.from_url(redis_url) as bridge:
+        job1, jobs1 = take_one(bridge, "w1")
+        job1.run.append({"kind": "step", "step_index": 1}, seq=1)
+        job1._consumer._stop_keepalive(job1._state)  # the stall: no more keep-alives
+        job2, jobs2 = take_one(bridge, "w2")  # after the claim timeout
+        assert (job2.run_id, job2.fence, job2.resumed) == ("r1", "2", True)
+        with pytest.raises(ClaimLost):
+            job1.run.finish("complete")
+        assert job1.lost and not job1.held
+        jobs1.close()  # a lost job is not w1's to hand back: nothing is written
+        assert phases(redis_url, "r1") == ["queued", "running", "recovering", "running"]
+        assert read_meta(redis_url, "r1")["worker"] == "w2"
+        job2.run.finish("complete")
+        jobs2.close()
+    assert queue_state(redis_url) == (0, 0)
+
+
+def test_a_cancel_asked_while_handed_back_reaches_the_next_holder(redis_url: str) -> None:
+    submit_plan(redis_url, "r1", [])
+    with Bridge.from_url(redis_url) as bridge:
+        job, jobs = take_one(bridge, "w1")
+        job.release()
+        assert cancel(redis_url, "r1") == "requested"  # recovering: the next holder decides
+        jobs.close()
+        again, jobs2 = take_one(bridge, "w2")
+        assert again.cancel_requested  # from the claim itself, before any keep-alive
+        again.run.finish("cancelled")
+        jobs2.close()
+    assert phases(redis_url, "r1")[-1] == "cancelled"
+
+
+def test_consumer_core_schedules_scans_without_io() -> None:
+    now = [100.0]
+    core = ConsumerCore("w1", QueueSettings(claim_timeout_s=4), LogLimits(), clock=lambda: now[0])
+    assert core.scan_due()  # a new consumer looks for runs left by dead workers first
+    assert core.autoclaim_args()["min_idle_time"] == 4000
+    found = core.scanned([b"5-0", [(b"3-0", {b"run_id": b"r1"}), (b"4-0", {b"x": b"y"})], []])
+    assert found == [Entry("3-0", "r1"), Entry("4-0", None)]  # malformed: no run to claim
+    assert core.scan_due() and core.autoclaim_args()["start_id"] == "5-0"  # pass goes on
+    assert core.scanned([b"0-0", [], []]) == []  # the pass is over
+    assert not core.scan_due()
+    now[0] += core.settings.scan_interval_s
+    assert core.scan_due() and core.autoclaim_args()["start_id"] == "0-0"
+    assert core.read(None) == [] and core.read([]) == []
+    reply = [[b"q", [(b"7-0", {b"run_id": b"bad id!"})]]]
+    assert core.read(reply) == [Entry("7-0", None)]
+    assert core.read_args()["block"] == 2000
