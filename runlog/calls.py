@@ -14,6 +14,7 @@ from redis.exceptions import ResponseError
 from . import scripts
 from .errors import (
     BridgeError,
+    ClaimLost,
     IdempotencyKeyReused,
     InvalidPhaseMove,
     RunExists,
@@ -23,7 +24,7 @@ from .errors import (
 )
 from .ids import format_event_id, new_epoch, now_ts
 from .keys import idempotency_key, queue_key, request_key, run_keys
-from .phases import CANCELLED
+from .phases import CANCELLED, RECOVERING, RUNNING
 from .records import (
     Record,
     check_phase,
@@ -138,6 +139,11 @@ def cancel_call(run_id: str, limits: LogLimits) -> Call:
     return scripts.CANCEL, run_keys(run_id), args
 
 
+def seq_field(seq: int) -> str:
+    """The dedup hash field recording that the runner's row ``seq`` was written."""
+    return f"s:{seq}"
+
+
 def append_call(
     run_id: str,
     row: object,
@@ -145,14 +151,16 @@ def append_call(
     seq: int | None = None,
     position: SourcePosition | None = None,
     record: Record | None = None,
+    fence: str = "",
 ) -> Call:
-    """Append one row; ``seq`` (or ``position``) makes a retry a no-op."""
+    """Append one row; ``seq`` (or ``position``) makes a retry a no-op; a ``fence`` (from a
+    work-queue claim) makes it refused once another worker has taken the run over."""
     rec = record if record is not None else row_record(row)
     if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
         raise ValueError(f"seq must be an integer, got {type(seq).__name__}")
     updated_at, _ = now_ts()
     args = [
-        "" if seq is None else f"s:{seq}",
+        "" if seq is None else seq_field(seq),
         rec.event,
         rec.data,
         rec.t_us,
@@ -160,6 +168,7 @@ def append_call(
         limits.retention_s,
         updated_at,
         *_position_args(position),
+        fence,
     ]
     return scripts.APPEND_ROW, run_keys(run_id), args
 
@@ -171,8 +180,10 @@ def set_phase_call(
     halt_class: str | None = None,
     ts: str | None = None,
     position: SourcePosition | None = None,
+    fence: str = "",
 ) -> Call:
-    """Move the run to ``phase``; a terminal phase also writes the terminal record."""
+    """Move the run to ``phase``; a terminal phase also writes the terminal record. A
+    ``fence`` (from a work-queue claim) makes it refused once another worker holds the run."""
     phase, halt_class = check_phase(phase, halt_class)
     phase_rec, terminal_rec = phase_records(run_id, phase, halt_class, ts)
     updated_at, _ = now_ts()
@@ -188,6 +199,7 @@ def set_phase_call(
         *_position_args(position),
         run_id,
         _feed_epoch(limits.feed),
+        fence,
     ]
     return scripts.SET_PHASE, run_keys(run_id), args
 
@@ -222,6 +234,7 @@ _CODES: dict[str, type[BridgeError]] = {
     "TENANT": TenantMismatch,
     "EXISTS": RunExists,
     "REUSED": IdempotencyKeyReused,
+    "FENCED": ClaimLost,
 }
 
 
@@ -233,3 +246,130 @@ def translate_error(exc: ResponseError, run_id: str) -> Exception:
     if kind is None:
         return exc
     return kind(f"run {run_id!r}: {message}")
+
+
+# --- The work queue's claims (see scripts.CLAIM, TAKEOVER, KEEPALIVE, RELEASE) -----------
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What CLAIM or TAKEOVER did: ``outcome`` is ``held`` (the run is ours now, running),
+    ``skip`` (terminal, or not waiting for a worker), ``gone`` (no such run) or ``alive``
+    (the holder's lease still runs)."""
+
+    outcome: str
+    phase: str
+    fence: str
+    cancel_requested: bool
+    tenant: str
+    request: bytes
+    resumed: bool
+
+    @property
+    def held(self) -> bool:
+        """True when the run is now held by the caller."""
+        return self.outcome == "held"
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def claim_result(reply: Any) -> Claim:
+    """Read the ``{outcome, phase, fence, cancel, tenant, request, resumed}`` reply."""
+    outcome, phase, fence, cancel, tenant, request, resumed = reply
+    return Claim(
+        outcome=_text(outcome),
+        phase=_text(phase),
+        fence=_text(fence),
+        cancel_requested=bool(int(cancel)),
+        tenant=_text(tenant),
+        request=request if isinstance(request, bytes) else _text(request).encode(),
+        resumed=bool(int(resumed)),
+    )
+
+
+def _move_data(run_id: str, phase: str) -> tuple[bytes, int]:
+    rec, _terminal = phase_records(run_id, phase, None)
+    return rec.data, rec.t_us
+
+
+def claim_call(run_id: str, worker: str, lease_ms: int, limits: LogLimits) -> Call:
+    """Take a run read fresh from the queue, if it waits for a worker."""
+    check_run_id(run_id)
+    running, t_us = _move_data(run_id, RUNNING)
+    updated_at, _ = now_ts()
+    args = [
+        worker,
+        lease_ms,
+        running,
+        t_us,
+        limits.maxlen,
+        limits.retention_s,
+        updated_at,
+        run_id,
+        _feed_epoch(limits.feed),
+    ]
+    return scripts.CLAIM, [*run_keys(run_id), request_key(run_id)], args
+
+
+def takeover_call(run_id: str, worker: str, lease_ms: int, limits: LogLimits) -> Call:
+    """Take over a run whose holder went quiet, unless its lease still runs."""
+    check_run_id(run_id)
+    recovering, t_us = _move_data(run_id, RECOVERING)
+    running, _ = _move_data(run_id, RUNNING)
+    updated_at, _ = now_ts()
+    args = [
+        worker,
+        lease_ms,
+        recovering,
+        running,
+        t_us,
+        limits.maxlen,
+        limits.retention_s,
+        updated_at,
+        run_id,
+        _feed_epoch(limits.feed),
+    ]
+    return scripts.TAKEOVER, [*run_keys(run_id), request_key(run_id)], args
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """What a keep-alive learnt: the run's phase and whether a cancel was asked for."""
+
+    phase: str
+    cancel_requested: bool
+
+
+def keepalive_call(run_id: str, fence: str, lease_ms: int) -> Call:
+    """Push the holder's lease on; refused (``ClaimLost``) once the fence moved."""
+    return scripts.KEEPALIVE, run_keys(run_id), [fence, lease_ms]
+
+
+def keepalive_result(reply: Any) -> Beat:
+    """Read KEEPALIVE's ``{phase, cancel_requested}`` reply."""
+    phase, cancel = reply
+    return Beat(phase=_text(phase), cancel_requested=bool(int(cancel)))
+
+
+def release_call(run_id: str, fence: str, limits: LogLimits) -> Call:
+    """Hand a held run back: running -> recovering, no holder, a new fence."""
+    recovering, t_us = _move_data(run_id, RECOVERING)
+    updated_at, _ = now_ts()
+    args = [
+        fence,
+        recovering,
+        t_us,
+        limits.maxlen,
+        limits.retention_s,
+        updated_at,
+        run_id,
+        _feed_epoch(limits.feed),
+    ]
+    return scripts.RELEASE, run_keys(run_id), args
+
+
+def release_result(reply: Any) -> str:
+    """Read RELEASE's ``{outcome}``: released, terminal, lost or gone."""
+    return _text(reply[0])

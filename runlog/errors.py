@@ -47,3 +47,15 @@ class IdempotencyKeyReused(BridgeError, ValueError):
 
 class InvalidTenant(BridgeError, ValueError):
     """A tenant name outside ``[A-Za-z0-9_.-]{1,64}``."""
+
+
+class ClaimLost(BridgeError, RuntimeError):
+    """The run was taken over by another worker (its claim's fence moved on); nothing written.
+
+    A worker that stalled past the claim timeout learns this on its next write or keep-alive
+    and must stop working on the run: another worker continues it.
+    """
+
+
+class InvalidWorker(BridgeError, ValueError):
+    """A worker name outside ``[A-Za-z0-9_.:@/-]{1,128}`` (it names a consumer of the queue)."""

@@ -94,6 +94,14 @@ local function feed_write(run_id, feed_epoch, maxlen, retention, t)
   redis.call('EXPIRE', fm, retention)
   redis.call('EXPIRE', fl, retention)
 end
+-- A worker's write carries the fence its claim was given; once another worker has taken
+-- the run over (the fence moved on), the late writer is refused. '' (or absent) = a write
+-- outside the work queue (tail, replay, the phase CLI), which is not fenced.
+local function fenced_out(mine, current)
+  if mine == nil or mine == '' or mine == current then return false end
+  return redis.error_reply('FENCED the run was taken over by another worker (fence '
+    .. tostring(current or 'none') .. ', this claim ' .. mine .. '); nothing written')
+end
 """
 )
 
@@ -156,12 +164,14 @@ return {'created', ARGV[8]}
 )
 
 # ARGV: seq field ('' = none), event, data, t, maxlen, retention, updated_at,
-#       source ('' = none), line offset, next offset
+#       source ('' = none), line offset, next offset, fence ('' = unfenced)
 APPEND_ROW = (
     _PRELUDE
     + """
-local st = redis.call('HMGET', meta, 'epoch', 'terminal')
+local st = redis.call('HMGET', meta, 'epoch', 'terminal', 'fence')
 if not st[1] then return redis.error_reply('NORUN no such run') end
+local refused = fenced_out(ARGV[11], st[3])
+if refused then return refused end
 if ARGV[1] ~= '' then
   local prev = redis.call('HGET', dedup, ARGV[1])
   if prev then return {st[1], tonumber(prev), 1} end
@@ -187,14 +197,16 @@ return {st[1], n, 0}
 
 # ARGV: phase, halt_class ('' = none), phase data, terminal data ('' = not terminal), t,
 #       maxlen, retention, updated_at, source ('' = none), line offset, next offset,
-#       run_id, feed epoch ('' = no feed)
+#       run_id, feed epoch ('' = no feed), fence ('' = unfenced)
 SET_PHASE = (
     _PRELUDE
     + "local allowed = "
     + _ALLOWED_LUA
     + """
-local cur = redis.call('HMGET', meta, 'phase', 'epoch')
+local cur = redis.call('HMGET', meta, 'phase', 'epoch', 'fence')
 if not cur[1] then return redis.error_reply('NORUN no such run') end
+local refused = fenced_out(ARGV[14], cur[3])
+if refused then return refused end
 if seen_source(ARGV[9], ARGV[10]) then return {cur[2], 0, 1} end
 local moves = allowed[cur[1]]
 if not (moves and moves[ARGV[1]]) then
@@ -244,5 +256,142 @@ if cur[3] ~= '1' then
   feed_write(ARGV[7], ARGV[8], ARGV[4], ARGV[5], ARGV[3])
 end
 return {'requested', cur[2], 0}
+"""
+)
+
+
+# --- The work queue's claims ------------------------------------------------------------
+#
+# A worker holds a run through three meta fields: ``fence`` (a counter bumped by every
+# claim, takeover and hand-back: the holder's writes carry it, see ``fenced_out``),
+# ``worker`` (the holder's consumer name) and ``lease_until`` (Redis clock, ms: the holder
+# is presumed alive until then; its keep-alive pushes it on). The queue stream itself lives
+# in another slot, so these scripts touch only the run's keys; the shells do the stream
+# commands (XREADGROUP, XAUTOCLAIM, XCLAIM, XACK) around them.
+#
+# Replies of CLAIM and TAKEOVER: {outcome, phase, fence, cancel_requested (0/1), tenant,
+# request JSON, resumed (0/1: the run was not queued, so earlier rows may exist)}. The
+# outcome is 'held' (the run is now ours, moved to running), 'skip' (not ours to take:
+# terminal, or queued no more), 'gone' (no such run) or 'alive' (its holder's lease has
+# not run out).
+_CLAIMS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Take the run for ``worker``: a fresh fence, the lease, then the move into running.
+local function hold(worker, lease_ms, running, t, maxlen, retention, updated_at, run_id, fe)
+  local fence = redis.call('HINCRBY', meta, 'fence', 1)
+  redis.call('HSET', meta, 'worker', worker,
+             'lease_until', string.format('%.0f', now_ms() + tonumber(lease_ms)))
+  emit(maxlen, 'phase', running, t)
+  redis.call('HSET', meta, 'phase', 'running', 'updated_at', updated_at)
+  keep_for(retention)
+  feed_write(run_id, fe, maxlen, retention, t)
+  return fence
+end
+-- ``was`` is the phase before the claim: anything but queued means earlier rows may exist.
+local function held_reply(request, fence, was)
+  local m = redis.call('HMGET', meta, 'phase', 'cancel_requested', 'tenant')
+  local cancel, resumed = 0, 0
+  if m[2] == '1' then cancel = 1 end
+  if was ~= 'queued' then resumed = 1 end
+  return {'held', m[1], tostring(fence), cancel, m[3], redis.call('GET', request) or '', resumed}
+end
+local function not_held(outcome, phase)
+  return {outcome, phase or '', '', 0, '', '', 0}
+end
+"""
+
+# A fresh queue entry: take the run if it waits for a worker (queued, or handed back by a
+# worker that stopped: recovering with no holder). KEYS: run keys, request.
+# ARGV: worker, lease_ms, running phase data, t, maxlen, retention, updated_at, run_id,
+#       feed epoch
+CLAIM = (
+    _PRELUDE
+    + _CLAIMS
+    + """
+local request = KEYS[5]
+local cur = redis.call('HMGET', meta, 'phase', 'worker')
+if not cur[1] then return not_held('gone') end
+local waiting = cur[1] == 'queued' or (cur[1] == 'recovering' and not cur[2])
+if not waiting then return not_held('skip', cur[1]) end
+local fence = hold(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
+                   ARGV[9])
+return held_reply(request, fence, cur[1])
+"""
+)
+
+# An entry idle past the claim timeout in another worker's pending list (XAUTOCLAIM): take
+# the run over unless its holder's lease still runs. A running run moves to recovering
+# (its holder is presumed dead), then to running under the new holder; a queued one (its
+# claimer died before claiming) is simply claimed. KEYS: run keys, request.
+# ARGV: worker, lease_ms, recovering phase data, running phase data, t, maxlen, retention,
+#       updated_at, run_id, feed epoch
+TAKEOVER = (
+    _PRELUDE
+    + _CLAIMS
+    + "local terminal_phases = "
+    + _TERMINAL_LUA
+    + """
+local request = KEYS[5]
+local cur = redis.call('HMGET', meta, 'phase', 'worker', 'lease_until')
+if not cur[1] then return not_held('gone') end
+if terminal_phases[cur[1]] then return not_held('skip', cur[1]) end
+if cur[1] ~= 'queued' and cur[2] and tonumber(cur[3] or '0') > now_ms() then
+  return not_held('alive', cur[1])
+end
+if cur[1] == 'running' then
+  emit(ARGV[6], 'phase', ARGV[3], ARGV[5])
+  redis.call('HSET', meta, 'phase', 'recovering', 'updated_at', ARGV[8])
+  feed_write(ARGV[9], ARGV[10], ARGV[6], ARGV[7], ARGV[5])
+end
+local fence = hold(ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
+                   ARGV[10])
+return held_reply(request, fence, cur[1])
+"""
+)
+
+# The holder's keep-alive: still ours? Then push the lease on. Reply {phase,
+# cancel_requested (0/1)}; FENCED once another worker has the run.
+# ARGV: fence, lease_ms
+KEEPALIVE = (
+    _PRELUDE
+    + _CLAIMS
+    + """
+local cur = redis.call('HMGET', meta, 'phase', 'fence', 'cancel_requested')
+if not cur[1] then return redis.error_reply('NORUN no such run') end
+local refused = fenced_out(ARGV[1], cur[2])
+if refused then return refused end
+redis.call('HSET', meta, 'lease_until', string.format('%.0f', now_ms() + tonumber(ARGV[2])))
+local cancel = 0
+if cur[3] == '1' then cancel = 1 end
+return {cur[1], cancel}
+"""
+)
+
+# A holder that stops before the run ends hands it back: running -> recovering, no holder,
+# a new fence (so nothing it still has in flight can land). The shell then queues the run
+# again, and the next worker's CLAIM takes it at once. Reply {outcome}: 'released',
+# 'terminal' (nothing to hand back), 'lost' (another worker has it) or 'gone'.
+# ARGV: fence, recovering phase data, t, maxlen, retention, updated_at, run_id, feed epoch
+RELEASE = (
+    _PRELUDE
+    + "local terminal_phases = "
+    + _TERMINAL_LUA
+    + """
+local cur = redis.call('HMGET', meta, 'phase', 'fence')
+if not cur[1] then return {'gone'} end
+if cur[2] ~= ARGV[1] then return {'lost'} end
+if terminal_phases[cur[1]] then return {'terminal'} end
+if cur[1] == 'running' then
+  emit(ARGV[4], 'phase', ARGV[2], ARGV[3])
+  redis.call('HSET', meta, 'phase', 'recovering', 'updated_at', ARGV[6])
+  keep_for(ARGV[5])
+  feed_write(ARGV[7], ARGV[8], ARGV[4], ARGV[5], ARGV[3])
+end
+redis.call('HINCRBY', meta, 'fence', 1)
+redis.call('HDEL', meta, 'worker', 'lease_until')
+return {'released'}
 """
 )

@@ -2,27 +2,37 @@
 
 from runlog.errors import (
     BridgeError,
+    ClaimLost,
     InvalidPhase,
     InvalidPhaseMove,
     InvalidRow,
     InvalidRunId,
+    InvalidWorker,
     RunNotFound,
     RunTerminal,
     StoreNotConfigured,
     TenantMismatch,
 )
 
+from .ajobs import AsyncJob
 from .bridge import AsyncBridge, AsyncRunHandle, Bridge, RunHandle
+from .consumer import QueueSettings
+from .jobs import Job
 
 __all__ = [
     "AsyncBridge",
+    "AsyncJob",
     "AsyncRunHandle",
     "Bridge",
     "BridgeError",
+    "ClaimLost",
     "InvalidPhase",
     "InvalidPhaseMove",
     "InvalidRow",
     "InvalidRunId",
+    "InvalidWorker",
+    "Job",
+    "QueueSettings",
     "RunHandle",
     "RunNotFound",
     "RunTerminal",

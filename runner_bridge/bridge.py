@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+from collections.abc import AsyncGenerator, Generator
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from redis.exceptions import ResponseError
 
@@ -39,6 +40,12 @@ from runlog.phases import TERMINAL_PHASES
 from runlog.pipeline import AsyncScriptPipeline
 from runlog.records import check_run_id
 from runlog.store_url import resolve_redis_url
+
+from .consumer import QueueSettings, Stop, default_worker
+
+if TYPE_CHECKING:
+    from .ajobs import AsyncJob
+    from .jobs import Job
 
 
 def limits_from_env() -> LogLimits:
@@ -80,21 +87,27 @@ def _finish_phase(phase: str) -> str:
 class RunHandle:
     """One run's writer, from ``Bridge.open_run``."""
 
-    def __init__(self, bridge: Bridge, run_id: str, tenant: str, phase: str) -> None:
+    def __init__(
+        self, bridge: Bridge, run_id: str, tenant: str, phase: str, *, fence: str = ""
+    ) -> None:
         self._bridge = bridge
         self.run_id = run_id
         self.tenant = tenant
         self.phase_at_open = phase
+        # A work-queue claim's fence ('' = unfenced): every write carries it, so a worker
+        # whose run was taken over cannot write to it any more (``ClaimLost``).
+        self.fence = fence
 
     def append(self, row: dict[str, Any], *, seq: int | None = None) -> str:
         """Publish one row; with ``seq``, a repeat returns the first event's id."""
-        return self._bridge._write(
-            self.run_id, append_call(self.run_id, row, self._bridge.limits, seq)
-        )
+        call = append_call(self.run_id, row, self._bridge.limits, seq, fence=self.fence)
+        return self._bridge._write(self.run_id, call)
 
     def set_phase(self, phase: str, *, halt_class: str | None = None) -> str:
         """Move the run to ``phase``; returns the id of the last record written."""
-        call = set_phase_call(self.run_id, phase, self._bridge.limits, halt_class)
+        call = set_phase_call(
+            self.run_id, phase, self._bridge.limits, halt_class, fence=self.fence
+        )
         return self._bridge._write(self.run_id, call)
 
     def finish(self, phase: str, *, halt_class: str | None = None) -> str:
@@ -123,6 +136,19 @@ class Bridge:
     def run(self, run_id: str) -> RunHandle:
         """A writer for an existing run, without opening it (the ``phase`` CLI uses this)."""
         return RunHandle(self, check_run_id(run_id), tenant="", phase="")
+
+    def jobs(
+        self,
+        worker: str | None = None,
+        *,
+        stop: Stop | None = None,
+        settings: QueueSettings | None = None,
+    ) -> Generator[Job, None, None]:
+        """Runs taken from the work queue, one at a time, until ``stop`` is set (see
+        docs/queue.md): each job's run is already ``running`` and its claim kept alive."""
+        from .jobs import iter_jobs  # jobs.py builds on this module
+
+        return iter_jobs(self, worker or default_worker(), stop=stop, settings=settings)
 
     def write(self, run_id: str, call: Call) -> tuple[str | None, bool]:
         """Run a prepared call; returns (event id, was a duplicate)."""
@@ -166,21 +192,28 @@ class Bridge:
 class AsyncRunHandle:
     """One run's writer, from ``AsyncBridge.open_run``."""
 
-    def __init__(self, bridge: AsyncBridge, run_id: str, tenant: str, phase: str) -> None:
+    def __init__(
+        self, bridge: AsyncBridge, run_id: str, tenant: str, phase: str, *, fence: str = ""
+    ) -> None:
         self._bridge = bridge
         self.run_id = run_id
         self.tenant = tenant
         self.phase_at_open = phase
+        # A work-queue claim's fence ('' = unfenced): every write carries it, so a worker
+        # whose run was taken over cannot write to it any more (``ClaimLost``).
+        self.fence = fence
 
     async def append(self, row: dict[str, Any], *, seq: int | None = None) -> str:
         """Publish one row; with ``seq``, a repeat returns the first event's id."""
-        call = append_call(self.run_id, row, self._bridge.limits, seq)
+        call = append_call(self.run_id, row, self._bridge.limits, seq, fence=self.fence)
         return await self._bridge._write(self.run_id, call)
 
     async def set_phase(self, phase: str, *, halt_class: str | None = None) -> str:
         """Move the run to ``phase``; returns the id of the last record written."""
         await self._bridge._connect()  # the limits depend on the kind of store
-        call = set_phase_call(self.run_id, phase, self._bridge.limits, halt_class)
+        call = set_phase_call(
+            self.run_id, phase, self._bridge.limits, halt_class, fence=self.fence
+        )
         return await self._bridge._write(self.run_id, call)
 
     async def finish(self, phase: str, *, halt_class: str | None = None) -> str:
@@ -189,7 +222,8 @@ class AsyncRunHandle:
 
     async def append_many(self, rows: list[dict[str, Any]]) -> list[str]:
         """Publish rows in one pipelined round trip; each is still its own atomic step."""
-        calls = [append_call(self.run_id, row, self._bridge.limits) for row in rows]
+        limits = self._bridge.limits
+        calls = [append_call(self.run_id, row, limits, fence=self.fence) for row in rows]
         return await self._bridge.write_many(self.run_id, calls)
 
 
@@ -248,6 +282,18 @@ class AsyncBridge:
     def run(self, run_id: str) -> AsyncRunHandle:
         """A writer for an existing run, without opening it."""
         return AsyncRunHandle(self, check_run_id(run_id), tenant="", phase="")
+
+    def jobs(
+        self,
+        worker: str | None = None,
+        *,
+        stop: Stop | None = None,
+        settings: QueueSettings | None = None,
+    ) -> AsyncGenerator[AsyncJob, None]:
+        """``async for job in bridge.jobs(worker=...)``: see ``Bridge.jobs``."""
+        from .ajobs import aiter_jobs  # ajobs.py builds on this module
+
+        return aiter_jobs(self, worker or default_worker(), stop=stop, settings=settings)
 
     async def write(self, run_id: str, call: Call) -> tuple[str | None, bool]:
         """Run a prepared call; returns (event id, was a duplicate)."""

@@ -1,4 +1,4 @@
-"""``python -m runner_bridge``: the ``tail``, ``replay`` and ``phase`` commands.
+"""``python -m runner_bridge``: the ``tail``, ``replay``, ``phase`` and ``work`` commands.
 
 Exit codes: 0 done, 1 runtime failure (a bad line in a replay, the store unreachable, a
 refused phase move), 2 usage or configuration error. Errors go to stderr and name what
@@ -23,12 +23,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runlog.calls import LogLimits
-from runlog.connect import async_client, sync_client
+from runlog.connect import DEFAULT_MAX_CONNECTIONS, async_client, sync_client
 from runlog.errors import (
     BridgeError,
     InvalidPhase,
     InvalidPhaseMove,
     InvalidRunId,
+    InvalidWorker,
     RunNotFound,
     RunTerminal,
     StoreNotConfigured,
@@ -39,9 +40,20 @@ from runlog.records import check_phase, check_run_id
 from runlog.store_url import redact_url, resolve_redis_url
 
 from .bridge import AsyncBridge, Bridge, limits_from_env
+from .consumer import QueueSettings, check_worker, default_worker
 from .lines import BadLine
 from .replay import ReplayReport, replay
 from .tail import DEFAULT_POLL_INTERVAL_S, Follower, TailReport
+from .worker import (
+    DEFAULT_GRACE_S,
+    DEFAULT_PACE_S,
+    Worker,
+    WorkerOptions,
+    WorkerReport,
+    demo_handler,
+    load_handler,
+)
+from .worker import Handler as JobHandler
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 PROG = "runner_bridge"
@@ -120,7 +132,55 @@ def build_parser() -> argparse.ArgumentParser:
     phase.add_argument("phase", choices=PHASES, metavar="PHASE", help=", ".join(PHASES))
     phase.add_argument("--halt-class", metavar="C", help="why the run halted (halted only)")
     phase.set_defaults(handler=_phase)
+
+    work = commands.add_parser(
+        "work", parents=[redis_opt], help="take runs from the work queue and run them"
+    )
+    how = work.add_mutually_exclusive_group()
+    how.add_argument(
+        "--demo", action="store_true",
+        help="play each task suite's _micro_plan as step and extract rows at a human pace",
+    )
+    how.add_argument(
+        "--handler", dest="handler_spec", metavar="MODULE:FUNCTION",
+        help="run each job with this async function (it receives the job)",
+    )
+    work.add_argument(
+        "--concurrency", type=_positive_int, default=1, metavar="N",
+        help="runs worked on at once (default 1)",
+    )
+    work.add_argument(
+        "--worker", type=_worker_name, default=None, metavar="NAME",
+        help="this worker's name in the queue's consumer group (default HOST-PID)",
+    )
+    work.add_argument(
+        "--pace-s", type=_non_negative_float, default=DEFAULT_PACE_S, metavar="S",
+        help=f"demo: seconds between two steps (default {DEFAULT_PACE_S:g})",
+    )
+    work.add_argument(
+        "--grace-s", type=_non_negative_float, default=DEFAULT_GRACE_S, metavar="S",
+        help="on SIGTERM, seconds the runs in hand may take to finish before they are "
+        f"handed back to the queue (default {DEFAULT_GRACE_S:g})",
+    )
+    work.set_defaults(handler=_work)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text!r}")
+    return value
+
+
+def _worker_name(text: str) -> str:
+    try:
+        return check_worker(text)
+    except InvalidWorker as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
@@ -183,9 +243,10 @@ class _Store:
             probe.close()
         return Bridge(sync_client(self.url), limits=self.limits)
 
-    async def async_bridge(self) -> AsyncBridge:
+    async def async_bridge(self, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> AsyncBridge:
         """An asyncio bridge; fails fast (named errors) when the store cannot be used."""
-        client = await asyncio.wait_for(async_client(self.url), CONNECT_TIMEOUT_S)
+        connecting = async_client(self.url, max_connections)
+        client = await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S)
         return AsyncBridge(client, limits=self.limits)
 
 
@@ -293,6 +354,63 @@ def _phase(store: _Store, args: argparse.Namespace) -> int:
             return _fail(args, f"no run {args.run_id!r} in the store", EXIT_FAILURE)
     print(f"run {args.run_id!r} is now {args.phase} (event {event_id})", flush=True)
     return EXIT_OK
+
+
+def _work(store: _Store, args: argparse.Namespace) -> int:
+    try:
+        settings = QueueSettings.from_env()
+        if args.demo:
+            handler = demo_handler(args.pace_s)
+        elif args.handler_spec:
+            handler = load_handler(args.handler_spec)
+        else:
+            raise ValueError(
+                "work needs --demo or --handler MODULE:FUNCTION; a runner of its own takes "
+                "jobs with Bridge.jobs() (see docs/queue.md)"
+            )
+    except ValueError as exc:
+        return _fail(args, str(exc), EXIT_USAGE)
+    options = WorkerOptions(
+        worker=args.worker or default_worker(),
+        concurrency=args.concurrency,
+        grace_s=args.grace_s,
+        settings=settings,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    report = asyncio.run(_work_async(store, options, handler))
+    print(
+        f"work: took {report.taken} runs, finished {report.finished}, handed back "
+        f"{report.handed_back}, lost {report.lost} to takeover, failed {report.failed}",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+async def _work_async(
+    store: _Store, options: WorkerOptions, handler: JobHandler
+) -> WorkerReport:
+    # Each slot may hold a blocking read, a keep-alive and a write at once; a keep-alive
+    # left waiting for a pooled connection past the claim timeout would lose its run.
+    connections = max(DEFAULT_MAX_CONNECTIONS, 3 * options.concurrency + 2)
+    bridge = await store.async_bridge(connections)
+    try:
+        worker = Worker(bridge, handler, options)
+        loop = asyncio.get_running_loop()
+        for signum in _STOP_SIGNALS:
+            loop.add_signal_handler(signum, worker.shutdown)
+        print(
+            f"worker {options.worker}: waiting for runs on {redact_url(store.url)} "
+            f"(concurrency {options.concurrency}, claim timeout "
+            f"{options.settings.claim_timeout_s:g} s)",
+            flush=True,
+        )
+        try:
+            return await worker.run()
+        finally:
+            for signum in _STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
+    finally:
+        await bridge.aclose()
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:

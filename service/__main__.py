@@ -1,4 +1,4 @@
-"""``python -m service``: serve the API (``--demo`` also streams a demo run)."""
+"""``python -m service``: serve the API (``--demo`` also runs a demo worker and run)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from runlog.store_url import redact_url
 
 from .app import create_app
 from .auth import TokenConfigError, TokenTable
-from .demo import DEMO_RUN_ID, publish_demo
+from .demo import demo_instructions, run_demo
 from .embedded import EmbeddedStore
 from .settings import Settings, SettingsError
 
@@ -26,7 +26,10 @@ log = logging.getLogger("mantis.service")
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
-    parser.add_argument("--demo", action="store_true", help="publish and stream a demo run")
+    parser.add_argument(
+        "--demo", action="store_true",
+        help="also run a demo worker and submit a demo run through the queue",
+    )
     parser.add_argument(
         "--loop",
         choices=("auto", "uvloop", "asyncio"),
@@ -65,14 +68,9 @@ async def serve(settings: Settings, demo: bool) -> None:
         print(f"dev tenant token (printed once, not logged): {dev_token}")
     if demo:
         tenant = tokens.entries[0][0]
-        demo_task = asyncio.create_task(publish_demo(redis_url, tenant))
+        demo_task = asyncio.create_task(run_demo(redis_url, tenant))
         token_hint = dev_token if dev_token is not None else "$YOUR_TOKEN"
-        print(
-            "watch the demo run:\n"
-            f"  curl -N -H 'X-Mantis-Token: {token_hint}' "
-            f"'{base}/v1/runs/{DEMO_RUN_ID}/events?sse=true'",
-            flush=True,
-        )
+        print(demo_instructions(base, token_hint), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
