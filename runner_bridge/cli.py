@@ -376,7 +376,9 @@ def _work(store: _Store, args: argparse.Namespace) -> int:
         grace_s=args.grace_s,
         settings=settings,
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # A worker is a long-running process: its claims, takeovers and hand-backs are what an
+    # operator reads, so it logs at INFO unless MANTIS_LOG_LEVEL says otherwise.
+    setup_logging(default_level="INFO")
     report = asyncio.run(_work_async(store, options, handler))
     print(
         f"work: took {report.taken} runs, finished {report.finished}, handed back "

@@ -59,7 +59,11 @@ SCHEMAS: dict[str, Any] = {
             "events": {"type": "integer", "minimum": 0},
             "last_event_id": _NULLABLE_STR,
             "cancel_requested": {"type": "boolean"},
-            "poll_after_ms": {"type": "integer", "minimum": 0},
+            "poll_after_ms": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "the backoff hint; null once the run is terminal",
+            },
             "steps": {"type": "integer", "minimum": 0},
             "rows": {"type": "integer", "minimum": 0},
             "events_url": {"type": "string"},
@@ -105,7 +109,11 @@ SCHEMAS: dict[str, Any] = {
             "done": {"type": "boolean"},
             "rows": {"type": "array"},
             "next_cursor": _NULLABLE_STR,
-            "poll_after_ms": {"type": "integer", "minimum": 0},
+            "poll_after_ms": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "the backoff hint; null once the run is terminal",
+            },
         },
     },
     "PredictRequest": {
