@@ -17,7 +17,7 @@ from .settings import Settings
 from .store import LogReader
 from .store_client import StoreClient
 from .tickets import ticket_book
-from .views import create_ticket, health, run_events
+from .views import create_feed_ticket, create_ticket, health, run_events, tenant_events
 
 
 def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Application:
@@ -29,6 +29,8 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
     cors = Cors(settings.cors_origins)
     cors.enable(app.router.add_get("/v1/runs/{run_id}/events", run_events))
     cors.enable(app.router.add_post("/v1/runs/{run_id}/tickets", create_ticket))
+    cors.enable(app.router.add_get("/v1/events", tenant_events))
+    cors.enable(app.router.add_post("/v1/events/tickets", create_feed_ticket))
     cors.install(app)
     app.router.add_get("/v1/runs/{run_id}", get_run)
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)
