@@ -12,6 +12,7 @@ from .cors import Cors
 from .errors import error_middleware
 from .frame_cache import FrameCache
 from .hub import Hub
+from .pages import add_dashboard
 from .runs import cancel_run, get_run
 from .settings import Settings
 from .store import LogReader
@@ -35,6 +36,7 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
     app.router.add_get("/v1/runs/{run_id}", get_run)
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)
     app.router.add_get("/healthz", health)
+    add_dashboard(app)
 
     async def redis_and_hub(app: web.Application) -> AsyncIterator[None]:
         # A bounded pool for reads plus one pub/sub connection: the pod's connection count
