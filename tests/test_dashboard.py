@@ -46,6 +46,14 @@ class Page:
         self.loaded = asyncio.Event()
         tools.listeners.append(self._on_event)
 
+    async def goto(self, url: str) -> None:
+        """Navigate and wait for the new document's load event, so that no later query
+        reads the document being left."""
+        await self.tools.call("Page.enable")
+        self.loaded.clear()
+        await self.tools.call("Page.navigate", url=url)
+        await asyncio.wait_for(self.loaded.wait(), 20)
+
     async def reload(self) -> None:
         """Reload and wait for the new document's load event (not the old one's DOM)."""
         await self.tools.call("Page.enable")
@@ -165,7 +173,7 @@ async def open_dashboard(tools: DevTools, base: str) -> Page:
     await tools.call("Page.enable")
     await tools.call("Page.addScriptToEvaluateOnNewDocument", source=LONG_TASKS)
     await page.size(1280, 800)
-    await tools.call("Page.navigate", url=f"{base}/dashboard#token={TOKEN}")
+    await page.goto(f"{base}/dashboard#token={TOKEN}")
     await page.until("document.querySelector('#board') && !document.querySelector('#board').hidden")
     return page
 
@@ -426,7 +434,7 @@ async def test_sign_in_form_keeps_the_token_for_the_tab_only(
         await tools.call("Runtime.enable")
         await tools.call("Log.enable")
         await page.size(400, 800)
-        await tools.call("Page.navigate", url=f"{svc.base}/dashboard")
+        await page.goto(f"{svc.base}/dashboard")
         await page.until("!document.querySelector('#sign-in').hidden")
         shot = tmp_path / "dashboard-sign-in-400x800.png"
         await page.screenshot(shot)
@@ -454,3 +462,30 @@ async def test_sign_in_form_keeps_the_token_for_the_tab_only(
         await page.until("!document.querySelector('#sign-in').hidden")
         assert await page.eval("sessionStorage.getItem('mantis.token')") is None
         assert all(TOKENS["other"] not in r["url"] for r in page.requests)
+
+
+async def test_make_run_prints_a_dashboard_url_that_signs_in(spawn_service, tmp_path: Path) -> None:
+    # What `make run` starts: the embedded store, the dev tenant, the demo run.
+    svc = spawn_service(None, "--demo", MANTIS_TENANT_TOKENS="")
+    # It listens just before it prints; a child process's output file has no event to await.
+    for _ in range(400):
+        text = await asyncio.to_thread(svc.log.read_text)
+        if "dashboard: " in text:
+            break
+        await asyncio.sleep(0.05)
+    line = next(x for x in text.splitlines() if x.startswith("dashboard: "))
+    url = line.removeprefix("dashboard: ")
+    assert url.startswith(f"{svc.base}/dashboard#token=")
+    async with chromium(tmp_path) as tools:
+        page = Page(tools)
+        await tools.call("Network.enable")
+        await page.size(1280, 800)
+        await page.goto(url)
+        await page.until("document.querySelector('tr[data-run-id=\"demo\"]')")
+        await page.click('tr[data-run-id="demo"]')
+        await page.until("document.querySelectorAll('#timeline [data-event-id]').length > 5")
+        shot = tmp_path / "dashboard-demo-1280x800.png"
+        await page.screenshot(shot)
+        keep(shot)
+        token = url.split("#token=", 1)[1]
+        assert all(token not in r["url"] for r in page.requests)

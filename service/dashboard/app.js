@@ -362,7 +362,8 @@ function drawCounts() {
   let shown = 0;
   for (const entry of runs.values()) if (!entry.tr.hidden) shown += 1;
   const total = runs.size;
-  setText($("counts"), shown === total ? `${total} runs` : `${shown} of ${total} runs`);
+  const noun = total === 1 ? "run" : "runs";
+  setText($("counts"), shown === total ? `${total} ${noun}` : `${shown} of ${total} ${noun}`);
   $("empty").hidden = total > 0;
 }
 
