@@ -489,3 +489,62 @@ async def test_make_run_prints_a_dashboard_url_that_signs_in(spawn_service, tmp_
         keep(shot)
         token = url.split("#token=", 1)[1]
         assert all(token not in r["url"] for r in page.requests)
+
+
+async def test_timeline_renews_tickets_and_fills_events_of_any_name(
+    redis_url: str, spawn_service, tmp_path: Path
+) -> None:
+    # Streams end every second, and a ticket stops reopening them after 2 s: the page
+    # must fetch new tickets and resume with since=<last id>, losing and repeating nothing.
+    svc = spawn_service(
+        redis_url, MANTIS_STREAM_MAX_S="1", MANTIS_TICKET_TTL_S="1",
+        MANTIS_TICKET_MAX_LIFE_S="2", MANTIS_HEARTBEAT_S="1",
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        bridge = await stack.enter_async_context(
+            AsyncBridge.from_url(redis_url, limits=LogLimits())
+        )
+        run = await bridge.open_run("long-run", tenant="acme")
+        await run.set_phase("running")
+        tools = await stack.enter_async_context(chromium(tmp_path))
+        page = await open_dashboard(tools, svc.base)
+        await page.until("document.querySelector('tr[data-run-id=\"long-run\"]')")
+        await page.click('tr[data-run-id="long-run"]')
+        await page.until("document.querySelectorAll('#timeline [data-event-id]').length === 2")
+        # Names EventSource only hands to a listener of that exact name: the page listens
+        # to the common ones and fetches the others from the JSON page by their ids.
+        kinds = ["step", "custom.kind", "extract", "ünïcode", "weird_name", "step"]
+        for i in range(36):
+            kind = kinds[i % len(kinds)]
+            await run.append({"kind": kind, "step_index": i, "type": "click", "row": {"i": i}})
+            if i % 6 == 5:
+                # Spread over several stream lifetimes and ticket lives.
+                await page.until(
+                    "document.querySelectorAll('#timeline [data-event-id]').length"
+                    f" === {2 + i + 1}", within=30,
+                )
+                await asyncio.sleep(0.4)  # let a soft limit and a ticket age pass between rows
+        await run.finish("complete")
+        await page.until("document.querySelector('#timeline .ev-terminal')", within=30)
+        log = await log_of(svc.base, "/v1/runs/long-run/events")
+        assert await page.timeline_ids() == [e["id"] for e in log]
+        ticket_posts = [
+            r for r in page.requests
+            if r["method"] == "POST" and r["url"].endswith("/v1/runs/long-run/tickets")
+        ]
+        resumed = [
+            r["url"] for r in page.requests
+            if r["type"] == "EventSource" and "/v1/runs/long-run/events" in r["url"]
+            and "since=" in r["url"]
+        ]
+        assert len(ticket_posts) >= 2 and resumed, (len(ticket_posts), resumed)
+        fills = [
+            r["url"] for r in page.requests
+            if r["type"] == "Fetch" and "/v1/runs/long-run/events?ticket=" in r["url"]
+        ]
+        assert fills and all("&limit=" in url for url in fills)
+        names = await page.eval(
+            "[...document.querySelectorAll('#timeline .ev-kind')].map((n) => n.textContent)"
+        )
+        assert "custom.kind" in names and "weird_name" in names
+        assert page.problems == []

@@ -375,3 +375,26 @@ async def test_feed_endpoints_answer_cors_for_listed_origins(
     resp = await svc.client.get(FEED, headers=svc.headers(Origin="http://evil.example"))
     assert "Access-Control-Allow-Origin" not in resp.headers
 
+
+
+async def test_soft_limit_ends_feed_streams_even_empty_ones_and_resume_continues(
+    make_feed_service, sync_bridge: Bridge
+) -> None:
+    svc = await make_feed_service(stream_max_s=0.5, heartbeat_s=0.1)
+    # An empty feed's stream is a stream like any other: it ends at its soft limit.
+    async with svc.client.get(FEED_SSE, headers=svc.headers()) as resp:
+        empty = Reader(resp)
+        await empty.to_end()
+    assert empty.ended and empty.clean and empty.events == []
+    lifecycle(sync_bridge, "r1")
+    async with svc.client.get(FEED_SSE, headers=svc.headers()) as resp:
+        first = Reader(resp)
+        await first.to_end()
+    assert first.clean and [e.n for e in first.events] == [1, 2, 3]
+    lifecycle(sync_bridge, "r2")
+    last_id = first.events[-1].id
+    assert last_id is not None
+    async with svc.client.get(FEED_SSE, headers=svc.headers(**{"Last-Event-ID": last_id})) as resp:
+        second = Reader(resp)
+        await second.to_end()
+    assert [e.n for e in second.events] == [4, 5, 6]
