@@ -398,3 +398,26 @@ async def test_soft_limit_ends_feed_streams_even_empty_ones_and_resume_continues
         second = Reader(resp)
         await second.to_end()
     assert [e.n for e in second.events] == [4, 5, 6]
+
+
+async def test_the_service_trims_the_feed_with_mantis_stream_maxlen(
+    make_feed_service, sync_bridge: Bridge
+) -> None:
+    # Lifecycle changes the service makes itself (a cancel) trim the feed to its own
+    # MANTIS_STREAM_MAXLEN; a client resuming from before the cut is told.
+    svc = await make_feed_service(stream_maxlen=20)
+    for i in range(130):
+        sync_bridge.open_run(f"q{i}", tenant="acme")
+    first_id = (await page(svc, limit="1"))["events"][0]["id"]
+    for i in range(130):
+        resp = await svc.client.post(f"/v1/runs/q{i}/cancel", headers=svc.headers())
+        assert resp.status == 200, await resp.text()
+    body = await page(svc, since=first_id, limit="10000")
+    gap = body["events"][0]
+    assert gap["event"] == "gap" and gap["id"] is None
+    assert gap["data"]["tenant"] == "acme" and gap["data"]["after"] == first_id
+    rest = body["events"][1:]
+    assert rest[0]["id"] == gap["data"]["resumed_from"]
+    assert len(rest) < 260 - 100  # whole stream nodes were trimmed away
+    assert [e["data"]["phase"] for e in rest[-3:]] == ["cancelled"] * 3
+    assert rest[-1]["data"]["run_id"] == "q129"
