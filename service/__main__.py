@@ -66,6 +66,9 @@ async def serve(settings: Settings, demo: bool) -> None:
     demo_task = None
     if dev_token is not None:
         print(f"dev tenant token (printed once, not logged): {dev_token}")
+    # The token rides in the fragment, which the browser never sends to a server.
+    fragment = f"#token={dev_token}" if dev_token is not None else ""
+    print(f"dashboard: {base}/dashboard{fragment}", flush=True)
     if demo:
         tenant = tokens.entries[0][0]
         demo_task = asyncio.create_task(run_demo(redis_url, tenant))

@@ -15,6 +15,7 @@ from .hub import Hub
 from .lifecycle import Lifecycle
 from .metrics import configure_metrics, metrics_view
 from .openapi import openapi_view
+from .pages import add_dashboard
 from .predict import predict
 from .requestlog import install as install_request_log
 from .runs import cancel_run, get_run
@@ -22,7 +23,7 @@ from .settings import Settings
 from .store import LogReader
 from .store_client import StoreClient
 from .tickets import ticket_book
-from .views import create_ticket, health, run_events
+from .views import create_feed_ticket, create_ticket, health, run_events, tenant_events
 
 
 def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Application:
@@ -34,6 +35,8 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
     cors = Cors(settings.cors_origins)
     cors.enable(app.router.add_get("/v1/runs/{run_id}/events", run_events))
     cors.enable(app.router.add_post("/v1/runs/{run_id}/tickets", create_ticket))
+    cors.enable(app.router.add_get("/v1/events", tenant_events))
+    cors.enable(app.router.add_post("/v1/events/tickets", create_feed_ticket))
     cors.install(app)
     app.router.add_get("/v1/runs/{run_id}", get_run)
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)
@@ -43,6 +46,7 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
     app.router.add_get("/openapi.json", openapi_view)
     install_request_log(app)
     configure_metrics(settings)
+    add_dashboard(app)
 
     async def redis_and_hub(app: web.Application) -> AsyncIterator[None]:
         # A bounded pool for reads plus one pub/sub connection: the pod's connection count

@@ -92,9 +92,16 @@ class Subscriber:
 
 
 class Feed:
-    """One run watched on this pod: its channel and its live subscribers."""
+    """One log (a run's, or a tenant's feed) watched on this pod: its channel and its live
+    subscribers.
+
+    ``id_prefix`` is None while the log does not exist yet (a tenant feed before its first
+    run): announcements then only resolve ``appeared`` and are dropped, since no stream can
+    be live on a log it has not read; the waiting streams read the log once it exists.
+    """
 
     __slots__ = (
+        "appeared",
         "channel",
         "epoch",
         "id_prefix",
@@ -105,17 +112,29 @@ class Feed:
         "watchers",
     )
 
-    def __init__(self, run_id: str, id_prefix: bytes) -> None:
+    def __init__(self, run_id: str, id_prefix: bytes | None) -> None:
+        loop = asyncio.get_running_loop()
         self.run_id = run_id
         self.channel = live_channel(run_id).encode()
-        self.id_prefix = id_prefix
-        self.epoch = id_prefix[:-1].decode()
+        self.id_prefix: bytes | None = None
+        self.epoch = ""
         self.subscribers: list[Subscriber] = []
         # Streams that asked for this feed, live or still replaying: the channel stays
         # subscribed until the last of them is done, not merely the last live one.
         self.watchers = 0
         self.last_n = 0
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.appeared: asyncio.Future[None] = loop.create_future()
+        if id_prefix is not None:
+            self.know(id_prefix)
+
+    def know(self, id_prefix: bytes) -> None:
+        """The log exists with this id prefix: from now on its events are delivered."""
+        if self.id_prefix is None:
+            self.id_prefix = id_prefix
+            self.epoch = id_prefix[:-1].decode()
+        if not self.appeared.done():
+            self.appeared.set_result(None)
 
 
 class Hub:
@@ -182,10 +201,12 @@ class Hub:
         self._all.add(sub)
         heapq.heappush(self._deadlines, (sub.deadline, next(self._order), sub))
 
-    async def watch(self, run_id: str, id_prefix: bytes) -> Feed:
-        """The run's feed, subscribed and confirmed: every event announced from now on arrives.
+    async def watch(self, run_id: str, id_prefix: bytes | None) -> Feed:
+        """The log's feed, subscribed and confirmed: every event announced from now on arrives.
 
-        Each call must be paired with one ``unwatch`` when the stream ends.
+        ``id_prefix`` None: the log does not exist yet; the caller waits for
+        ``Feed.appeared``, reads the log's state and calls ``Feed.know``. Each call must be
+        paired with one ``unwatch`` when the stream ends.
         """
         channel = live_channel(run_id).encode()
         feed = self._feeds.get(channel)
@@ -202,6 +223,8 @@ class Hub:
                 raise
         else:
             feed.watchers += 1
+            if id_prefix is not None:
+                feed.know(id_prefix)
         try:
             await asyncio.wait_for(asyncio.shield(feed.ready), timeout=5.0)
         except BaseException:
@@ -268,6 +291,12 @@ class Hub:
 
     def deliver(self, feed: Feed, payloads: list[bytes]) -> None:
         """Fan announced events out to the feed's live subscribers, encoded once each."""
+        id_prefix = feed.id_prefix
+        if id_prefix is None:
+            # The log was just created: its waiting streams now read it from the store.
+            if not feed.appeared.done():
+                feed.appeared.set_result(None)
+            return
         events: list[tuple[int, int, bytes, bool]] = []
         for payload in payloads:
             n, t, name, data = decode(payload)
@@ -279,7 +308,7 @@ class Hub:
                         sub.finish(RESYNC)
                 continue
             feed.last_n = n
-            event = encode_event(name, feed.id_prefix + b"%010d" % n, data)
+            event = encode_event(name, id_prefix + b"%010d" % n, data)
             is_terminal = name == b"terminal"
             self.frames.put(feed.run_id, feed.epoch, n, event, is_terminal)
             events.append((n, t, chunk(event), is_terminal))

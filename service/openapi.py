@@ -90,6 +90,24 @@ SCHEMAS: dict[str, Any] = {
             "done": {"type": "boolean"},
         },
     },
+    "FeedPage": {
+        "type": "object",
+        "required": ["tenant", "events", "next_cursor", "done"],
+        "properties": {
+            "tenant": {"type": "string"},
+            "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+            "next_cursor": {"type": "string"},
+            "done": {"type": "boolean", "const": False},
+        },
+    },
+    "FeedTicket": {
+        "type": "object",
+        "required": ["ticket", "expires_at"],
+        "properties": {
+            "ticket": {"type": "string"},
+            "expires_at": {"type": "string"},
+        },
+    },
     "Ticket": {
         "type": "object",
         "required": ["ticket", "run_id", "expires_at"],
@@ -264,6 +282,16 @@ _CURSOR_PARAMS = [
            "JSON page: at most this many events (default 1000)"),
     _header("Last-Event-ID", {"type": "string"}, "resume cursor; wins over since"),
 ]
+# One server-sent event as a client parses it: data is the line of JSON, as text.
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "data": {"type": "string", "description": "one line of JSON"},
+        "retry": {"type": "integer"},
+    },
+}
 _STREAM_200 = {
     "description": "A JSON page of events, or (sse=true / Accept: text/event-stream) a live "
     "SSE stream: retry:, then events with id:, : ping comments, ending after the terminal "
@@ -272,7 +300,7 @@ _STREAM_200 = {
     "headers": dict(_REQUEST_ID_HEADER),
     "content": {
         JSON: {"schema": _ref("EventPage")},
-        SSE: {"schema": {"type": "string"}},
+        SSE: {"schema": _SSE_EVENT},
     },
 }
 _PREFLIGHT = _op(
@@ -282,6 +310,30 @@ _PREFLIGHT = _op(
     secured=False,
     tags=["streaming"],
 )
+_FEED_STREAM_200 = {
+    **_STREAM_200,
+    "description": "A JSON page of the tenant's 'run' events, or (sse=true / Accept: "
+    "text/event-stream) a live SSE stream of them; a feed never ends with a terminal event.",
+    "content": {JSON: {"schema": _ref("FeedPage")}, SSE: {"schema": _SSE_EVENT}},
+}
+_FEED_PREFLIGHT = _op(
+    "CORS preflight for the origins in MANTIS_CORS_ORIGINS",
+    {204: _empty("Allowed methods and headers (CORS headers only for a listed origin)")},
+    secured=False,
+    tags=["streaming"],
+)
+
+
+def _asset(description: str, content_type: str) -> dict[str, Any]:
+    return _op(
+        description,
+        {200: {"description": content_type, "headers": dict(_REQUEST_ID_HEADER),
+               "content": {content_type: {"schema": {"type": "string"}}}}},
+        secured=False,
+        tags=["operations"],
+    )
+
+
 _POLL_HEADERS = {
     "ETag": {"description": "changes whenever anything but the hint changes", **_STR},
     "Retry-After": {"description": "poll hint in whole seconds (not terminal runs)", **_STR},
@@ -344,11 +396,21 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ),
     ("GET", "/v1/events"): _op(
         "The tenant's run lifecycle feed: an event 'run' per change, same cursor rules",
-        {200: _STREAM_200, 204: _empty("Nothing after the cursor will ever come")},
+        {200: _FEED_STREAM_200},
         errors=(400, 401, 429, 503),
-        params=list(_CURSOR_PARAMS),
+        params=[*_CURSOR_PARAMS,
+                _query("ticket", {"type": "string"}, "a feed ticket instead of the token")],
+        tags=["streaming"],
+        extra={"security": [{"token": []}, {"ticket": []}]},
+    ),
+    ("OPTIONS", "/v1/events"): _FEED_PREFLIGHT,
+    ("POST", "/v1/events/tickets"): _op(
+        "A short-lived, read-only ticket for the tenant's feed (for EventSource in a browser)",
+        {201: _json("The ticket", _ref("FeedTicket"))},
+        errors=(401,),
         tags=["streaming"],
     ),
+    ("OPTIONS", "/v1/events/tickets"): _FEED_PREFLIGHT,
     ("POST", "/v1/webhooks"): _op(
         "Register a webhook endpoint (the secret is shown this once)",
         {201: _json("The endpoint with its secret", _ref("Webhook"))},
@@ -383,6 +445,15 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         secured=False,
         tags=["operations"],
     ),
+    ("GET", "/dashboard/"): _op(
+        "Redirects to /dashboard",
+        {308: _empty("Permanent redirect", Location={"description": "/dashboard", **_STR})},
+        secured=False,
+        tags=["operations"],
+    ),
+    ("GET", "/dashboard/app.js"): _asset("The dashboard's script", "text/javascript"),
+    ("GET", "/dashboard/app.css"): _asset("The dashboard's style sheet", "text/css"),
+    ("GET", "/dashboard/favicon.svg"): _asset("The dashboard's icon", "image/svg+xml"),
     ("GET", "/healthz"): _op(
         "Liveness: the process serves",
         {200: _json("Alive", _ref("Health"))},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from runlog.ids import Cursor, IdCursor, format_event_id
@@ -22,11 +23,14 @@ class ResumePlan:
     gap: tuple[str, str | None] | None = None
     finished: bool = False
 
-    def gap_data(self, run_id: str) -> dict[str, str | None] | None:
-        """The ``gap`` event's data (stream and JSON page alike), or None without a gap."""
+    def gap_data(self, labels: Mapping[str, str]) -> dict[str, str | None] | None:
+        """The ``gap`` event's data (stream and JSON page alike), or None without a gap.
+
+        ``labels`` name the log to the client: ``{"run_id": ...}`` or ``{"tenant": ...}``.
+        """
         if self.gap is None:
             return None
-        return {"run_id": run_id, "after": self.gap[0], "resumed_from": self.gap[1]}
+        return {**labels, "after": self.gap[0], "resumed_from": self.gap[1]}
 
 
 def plan_resume(state: RunState, cursor: Cursor, terminal_t: int | None) -> ResumePlan:

@@ -1,4 +1,4 @@
-"""Stream tickets: short-lived, run-scoped, read-only credentials a browser can put in a URL.
+"""Stream tickets: short-lived, scoped, read-only credentials a browser can put in a URL.
 
 A browser's ``EventSource`` cannot send headers, so a dashboard's backend (which holds the
 tenant token) asks ``POST /v1/runs/{run_id}/tickets`` for a ticket and hands the page
@@ -6,10 +6,12 @@ tenant token) asks ``POST /v1/runs/{run_id}/tickets`` for a ticket and hands the
 
     v1.<base64url(JSON [tenant, issued_ms, expires_ms])>.<base64url(HMAC-SHA256)>
 
-The MAC covers the version, the payload and the run id (which the URL carries, so the
-ticket does not repeat it). The key is ``MANTIS_TICKET_SECRET`` when set, else derived
-from the tenant token digests, so pods configured with the same ``MANTIS_TENANT_TOKENS``
-agree (in any order, tokens in clear or as ``sha256:``).
+The MAC covers the version, the payload and the ticket's scope: the run id (which the URL
+carries, so the ticket does not repeat it), or ``FEED_SCOPE`` for a ticket to the tenant's
+feed (``POST /v1/events/tickets``, read as ``/v1/events?ticket=...``). No run id contains a
+``:``, so the two kinds can never stand for each other. The key is ``MANTIS_TICKET_SECRET``
+when set, else derived from the tenant token digests, so pods configured with the same
+``MANTIS_TENANT_TOKENS`` agree (in any order, tokens in clear or as ``sha256:``).
 
 Lifetime: a *fresh* connection needs an unexpired ticket (``MANTIS_TICKET_TTL_S``). An
 ``EventSource`` reconnects with the same URL, adding ``Last-Event-ID``; such a resuming
@@ -39,6 +41,9 @@ if TYPE_CHECKING:
 
 VERSION = "v1"
 _KEY_LABEL = b"mantis-ticket-key-v1\0"
+# The scope of a feed ticket: not a possible run id (run ids have no ':'), so a feed ticket
+# opens no run and a run ticket does not open the feed.
+FEED_SCOPE = ":feed"
 
 
 class InvalidTicket(ValueError):
@@ -51,10 +56,13 @@ class ExpiredTicket(InvalidTicket):
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
-    """An issued ticket: the opaque string and when it stops opening fresh streams."""
+    """An issued ticket: the opaque string and when it stops opening fresh streams.
+
+    ``run_id`` is None for a ticket to the tenant's feed.
+    """
 
     token: str = field(repr=False)
-    run_id: str
+    run_id: str | None
     tenant: str
     expires_at: float
 
@@ -106,17 +114,25 @@ class TicketBook:
     def __repr__(self) -> str:
         return f"TicketBook(ttl_s={self.ttl_s}, max_life_s={self.max_life_s})"
 
-    def _mac(self, payload: str, run_id: str) -> bytes:
-        message = f"{VERSION}.{payload}.{run_id}".encode()
+    def _mac(self, payload: str, scope: str) -> bytes:
+        message = f"{VERSION}.{payload}.{scope}".encode()
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    def issue(self, tenant: str, run_id: str, *, now: float | None = None) -> Ticket:
-        """A ticket for ``tenant`` to read ``run_id``'s events, valid for ``ttl_s``."""
+    def _issue(self, tenant: str, scope: str, now: float | None) -> tuple[str, float]:
         issued_ms = int((self._clock() if now is None else now) * 1000)
         expires_ms = issued_ms + max(1, int(self.ttl_s * 1000))
         payload = _b64(orjson.dumps([tenant, issued_ms, expires_ms]))
-        token = f"{VERSION}.{payload}.{_b64(self._mac(payload, run_id))}"
-        return Ticket(token=token, run_id=run_id, tenant=tenant, expires_at=expires_ms / 1000)
+        return f"{VERSION}.{payload}.{_b64(self._mac(payload, scope))}", expires_ms / 1000
+
+    def issue(self, tenant: str, run_id: str, *, now: float | None = None) -> Ticket:
+        """A ticket for ``tenant`` to read ``run_id``'s events, valid for ``ttl_s``."""
+        token, expires_at = self._issue(tenant, run_id, now)
+        return Ticket(token=token, run_id=run_id, tenant=tenant, expires_at=expires_at)
+
+    def issue_feed(self, tenant: str, *, now: float | None = None) -> Ticket:
+        """A ticket for ``tenant`` to read its own feed (``/v1/events``), valid for ``ttl_s``."""
+        token, expires_at = self._issue(tenant, FEED_SCOPE, now)
+        return Ticket(token=token, run_id=None, tenant=tenant, expires_at=expires_at)
 
     def verify(
         self, token: str, run_id: str, *, resuming: bool = False, now: float | None = None
@@ -126,6 +142,13 @@ class TicketBook:
         ``resuming`` (a stream reconnecting with ``Last-Event-ID``) extends the lifetime
         to ``max_life_s`` after issue. Raises ``InvalidTicket`` or ``ExpiredTicket``.
         """
+        return self._verify(token, run_id, resuming, now)
+
+    def verify_feed(self, token: str, *, resuming: bool = False, now: float | None = None) -> str:
+        """The tenant whose feed a genuine feed ticket opens (lifetimes as ``verify``)."""
+        return self._verify(token, FEED_SCOPE, resuming, now)
+
+    def _verify(self, token: str, scope: str, resuming: bool, now: float | None) -> str:
         version, _, rest = token.partition(".")
         payload, _, mac_text = rest.partition(".")
         if version != VERSION or not payload or not mac_text or len(token) > 1024:
@@ -135,8 +158,8 @@ class TicketBook:
         except (binascii.Error, ValueError):
             raise InvalidTicket("malformed ticket") from None
         # Check the MAC before reading anything the holder wrote.
-        if not hmac.compare_digest(presented, self._mac(payload, run_id)):
-            raise InvalidTicket("ticket not valid for this run")
+        if not hmac.compare_digest(presented, self._mac(payload, scope)):
+            raise InvalidTicket("ticket not valid here")
         try:
             tenant, issued_ms, expires_ms = orjson.loads(_unb64(payload))
         except (binascii.Error, ValueError, TypeError):

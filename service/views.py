@@ -1,15 +1,19 @@
-"""HTTP handlers: ``GET /v1/runs/{run_id}/events`` as an SSE stream or a JSON page."""
+"""HTTP handlers: a run's events (``GET /v1/runs/{run_id}/events``) and a tenant's run
+lifecycle feed (``GET /v1/events``), each as an SSE stream or a JSON page, by one code path."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from runlog.ids import Cursor, TimeCursor, format_event_id, is_valid_run_id, parse_cursor
+from runlog.keys import feed_name
 
 from . import metrics
 from .appkeys import HUB, READER, SETTINGS, TICKETS, TOKENS
@@ -21,11 +25,11 @@ from .errors import (
     StoreUnavailable,
     Unauthorized,
 )
-from .hub import Feed, Subscriber
+from .hub import RESYNC, STORE_LOST, Feed, Subscriber
 from .requestlog import note_tenant
 from .resume import ResumePlan, plan_resume
 from .sse import RETRY, EventStreamResponse, event_json, gap_frame
-from .store import RunState
+from .store import LogReader, RunState
 from .stream import replay_then_live
 from .tickets import ExpiredTicket, InvalidTicket
 
@@ -33,26 +37,36 @@ PAGE_DEFAULT = 1000
 PAGE_MAX = 10_000
 
 
-def tenant_of(request: web.Request, *, allow_ticket: bool = False) -> str:
+TicketScope = Literal["run", "feed"]
+RUN_TICKETS: TicketScope = "run"
+FEED_TICKETS: TicketScope = "feed"
+
+
+def tenant_of(request: web.Request, *, tickets: TicketScope | None = None) -> str:
     """The authenticated tenant, or 401 (absent and unknown tokens look the same).
 
-    ``allow_ticket`` (read-only endpoints of one run only): without the header, a
-    ``ticket`` query parameter issued for the run in the URL is accepted; a stream
-    reconnecting with ``Last-Event-ID`` may use it until the ticket's max lifetime.
+    ``tickets`` (read-only event endpoints only): without the header, a ``ticket`` query
+    parameter of that scope is accepted: issued for the run in the URL (``run``), or for
+    the tenant's feed (``feed``). A stream reconnecting with ``Last-Event-ID`` may use it
+    until the ticket's max lifetime.
     """
     token = request.headers.get("X-Mantis-Token")
-    ticket = request.query.get("ticket") if allow_ticket else None
+    ticket = request.query.get("ticket") if tickets is not None else None
     if token is None and ticket:
         resuming = bool(request.headers.get("Last-Event-ID", "").strip()) and wants_stream(request)
-        run_id = request.match_info["run_id"]
+        book = request.app[TICKETS]
         try:
-            holder = request.app[TICKETS].verify(ticket, run_id, resuming=resuming)
+            if tickets == FEED_TICKETS:
+                holder = book.verify_feed(ticket, resuming=resuming)
+            else:
+                holder = book.verify(ticket, request.match_info["run_id"], resuming=resuming)
             note_tenant(request, holder)
             return holder
         except ExpiredTicket:
             raise Unauthorized("the ticket has expired; request a new one") from None
         except InvalidTicket:
-            raise Unauthorized("the ticket is not valid for this run") from None
+            what = "the tenant's feed" if tickets == FEED_TICKETS else "this run"
+            raise Unauthorized(f"the ticket is not valid for {what}") from None
     tenant = request.app[TOKENS].tenant_for(token)
     if tenant is None:
         raise Unauthorized("a valid X-Mantis-Token header is required")
@@ -84,6 +98,39 @@ def wants_stream(request: web.Request) -> bool:
     return "text/event-stream" in request.headers.get("Accept", "")
 
 
+def page_limit_of(request: web.Request) -> int | None:
+    """None for a stream, else the JSON page's ``limit``."""
+    return None if wants_stream(request) else page_limit(request)
+
+
+@dataclass(frozen=True, slots=True)
+class LogView:
+    """What an events endpoint serves: one log of the store, and the fields that name it.
+
+    A run's log and a tenant's feed have one shape (``runlog.keys.feed_name``), so one code
+    path serves both; they differ only in the log's name in the store, the fields naming it
+    to the client (in a ``gap`` event and the JSON page) and whether the page has a phase.
+    """
+
+    name: str
+    labels: Mapping[str, str]
+    with_phase: bool
+
+    @classmethod
+    def run(cls, run_id: str) -> LogView:
+        return cls(run_id, {"run_id": run_id}, with_phase=True)
+
+    @classmethod
+    def feed(cls, tenant: str) -> LogView:
+        return cls(feed_name(tenant), {"tenant": tenant}, with_phase=False)
+
+    def page_head(self, state: RunState | None) -> dict[str, Any]:
+        head: dict[str, Any] = dict(self.labels)
+        if self.with_phase:
+            head["phase"] = state.phase if state is not None else None
+        return head
+
+
 async def load_run(request: web.Request, run_id: str, tenant: str) -> RunState:
     """The run's state, or 404 when absent or another tenant's (indistinguishable)."""
     state = await request.app[READER].state(run_id)
@@ -102,16 +149,52 @@ async def resolve(request: web.Request, state: RunState, cursor: Cursor) -> Resu
 
 async def run_events(request: web.Request) -> web.StreamResponse:
     """The run's events after the cursor: a live SSE stream, or a JSON page."""
-    tenant = tenant_of(request, allow_ticket=True)
+    tenant = tenant_of(request, tickets=RUN_TICKETS)
     run_id = run_id_of(request)
     cursor = cursor_of(request)
-    stream = wants_stream(request)
-    limit = PAGE_DEFAULT if stream else page_limit(request)
+    limit = page_limit_of(request)
     state = await load_run(request, run_id, tenant)
+    return await serve_log(request, LogView.run(run_id), state, cursor, limit)
+
+
+async def tenant_events(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/events``: the tenant's run lifecycle feed, as a live SSE stream or a page.
+
+    A tenant with no run yet has no feed: the stream stays open (pings, soft limit) and
+    starts once the first run is created; the page is empty. Nothing is created here.
+    """
+    tenant = tenant_of(request, tickets=FEED_TICKETS)
+    cursor = cursor_of(request)
+    limit = page_limit_of(request)
+    view = LogView.feed(tenant)
+    state = await request.app[READER].state(view.name)
+    return await serve_log(request, view, state, cursor, limit)
+
+
+async def serve_log(
+    request: web.Request,
+    view: LogView,
+    state: RunState | None,
+    cursor: Cursor,
+    limit: int | None,
+) -> web.StreamResponse:
+    """One log after ``cursor``: a stream (``limit`` None) or a JSON page of ``limit``.
+
+    ``state`` None: the log does not exist yet (only a tenant feed can be served so).
+    """
+    if limit is None:
+        return await stream_events(request, view, state, cursor)
+    if state is None:
+        return web.json_response(
+            {
+                **view.page_head(None),
+                "events": [],
+                "next_cursor": cursor.raw if cursor is not None else "",
+                "done": False,
+            }
+        )
     plan = await resolve(request, state, cursor)
-    if stream:
-        return await stream_events(request, state, plan)
-    return web.json_response(await page(request, state, plan, limit))
+    return web.json_response(await page(request, view, state, plan, limit))
 
 
 async def create_ticket(request: web.Request) -> web.Response:
@@ -120,8 +203,21 @@ async def create_ticket(request: web.Request) -> web.Response:
     run_id = run_id_of(request)
     await load_run(request, run_id, tenant)
     ticket = request.app[TICKETS].issue(tenant, run_id)
+    return _ticket_response(
+        {"ticket": ticket.token, "run_id": run_id, "expires_at": ticket.expires_at_iso()}
+    )
+
+
+async def create_feed_ticket(request: web.Request) -> web.Response:
+    """``POST /v1/events/tickets``: a short-lived, read-only ticket for the tenant's feed."""
+    tenant = tenant_of(request)
+    ticket = request.app[TICKETS].issue_feed(tenant)
+    return _ticket_response({"ticket": ticket.token, "expires_at": ticket.expires_at_iso()})
+
+
+def _ticket_response(body: dict[str, Any]) -> web.Response:
     return web.json_response(
-        {"ticket": ticket.token, "run_id": run_id, "expires_at": ticket.expires_at_iso()},
+        body,
         status=201,
         # A credential: not for any cache, and not to be sent on as a Referer.
         headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
@@ -129,29 +225,37 @@ async def create_ticket(request: web.Request) -> web.Response:
 
 
 async def stream_events(
-    request: web.Request, state: RunState, plan: ResumePlan
+    request: web.Request, view: LogView, state: RunState | None, cursor: Cursor
 ) -> web.StreamResponse:
-    if plan.finished:
-        # 204 is what makes a browser's EventSource stop reconnecting for good.
-        return web.Response(status=204, headers={"Cache-Control": "no-cache"})
+    plan = None
+    if state is not None:
+        plan = await resolve(request, state, cursor)
+        if plan.finished:
+            # 204 is what makes a browser's EventSource stop reconnecting for good.
+            return web.Response(status=204, headers={"Cache-Control": "no-cache"})
     hub = request.app[HUB]
     feed: Feed | None = None
-    if state.terminal_n is None:
+    if state is None or state.terminal_n is None:
         # Subscribed (and confirmed) before the response starts: a pod that cannot hear
         # live events answers 503 instead of a stream that would never move.
         try:
-            feed = await hub.watch(state.run_id, state.id_prefix)
+            feed = await hub.watch(view.name, state.id_prefix if state is not None else None)
         except (TimeoutError, RedisError) as exc:
             raise StoreUnavailable("live events cannot be reached; retry later") from exc
     try:
-        return await _stream(request, state, plan, feed)
+        return await _stream(request, view, state, plan, cursor, feed)
     finally:
         if feed is not None:
             hub.unwatch(feed)
 
 
 async def _stream(
-    request: web.Request, state: RunState, plan: ResumePlan, feed: Feed | None
+    request: web.Request,
+    view: LogView,
+    state: RunState | None,
+    plan: ResumePlan | None,
+    cursor: Cursor,
+    feed: Feed | None,
 ) -> web.StreamResponse:
     hub = request.app[HUB]
     settings = request.app[SETTINGS]
@@ -162,22 +266,32 @@ async def _stream(
         return response
     sub = Subscriber(
         transport,
-        last_n=plan.after_n,
-        min_t=plan.min_t,
+        last_n=plan.after_n if plan is not None else 0,
+        min_t=plan.min_t if plan is not None else None,
         deadline=hub.deadline(),
         backlog_limit=settings.client_backlog_bytes,
     )
     hub.track(sub)
     resumed = bool(request.headers.get("Last-Event-ID") or request.query.get("since"))
-    meter = metrics.StreamMeter(state.run_id, state.tenant, resumed=resumed)
+    owner = state.tenant if state is not None else view.labels.get("tenant", "")
+    meter = metrics.StreamMeter(view.name, owner, resumed=resumed)
     try:
         head = RETRY
-        gap = plan.gap_data(state.run_id)
-        if gap is not None:
-            head += gap_frame(gap)
-            metrics.count_gap()
-        await response.write(head)
-        await replay_then_live(hub, request.app[READER], state, plan, sub, response.write, feed)
+        if state is None and feed is not None:
+            await response.write(head)
+            head = b""
+            state = await wait_for_log(request.app[READER], view, feed, sub)
+        if state is not None:
+            if plan is None:
+                plan = await resolve(request, state, cursor)
+                sub.last_n, sub.min_t = plan.after_n, plan.min_t
+            gap = plan.gap_data(view.labels)
+            if gap is not None:
+                head += gap_frame(gap)
+                metrics.count_gap()
+            if head:
+                await response.write(head)
+            await replay_then_live(hub, request.app[READER], state, plan, sub, response.write, feed)
         await sub.done
     finally:
         hub.release(sub)
@@ -186,6 +300,33 @@ async def _stream(
         with contextlib.suppress(ConnectionError):
             await response.write_eof()
     return response
+
+
+async def wait_for_log(
+    reader: LogReader, view: LogView, feed: Feed, sub: Subscriber
+) -> RunState | None:
+    """The state of a log that did not exist when its stream opened (a tenant's feed before
+    its first run), once its first event is announced; None if the stream ends first.
+
+    The channel is already subscribed, so the re-read below and the announcement cannot
+    both miss the log's creation. Meanwhile the stream gets pings and its soft limit like
+    any other.
+    """
+    for _ in range(2):
+        try:
+            state = await reader.state(view.name)
+        except RedisError:
+            sub.finish(STORE_LOST)
+            return None
+        if state is not None:
+            feed.know(state.id_prefix)
+            return state
+        if sub.finished:
+            return None
+        await asyncio.wait((feed.appeared, sub.done), return_when=asyncio.FIRST_COMPLETED)
+    # Announced, yet gone again at once (deleted): end; the client reconnects and waits anew.
+    sub.finish(RESYNC)
+    return None
 
 
 def page_limit(request: web.Request) -> int:
@@ -202,12 +343,12 @@ def page_limit(request: web.Request) -> int:
 
 
 async def page(
-    request: web.Request, state: RunState, plan: ResumePlan, limit: int
+    request: web.Request, view: LogView, state: RunState, plan: ResumePlan, limit: int
 ) -> dict[str, Any]:
     """Up to ``limit`` events after the cursor, as the JSON page of the contract."""
     reader = request.app[READER]
     events: list[dict[str, Any]] = []
-    gap = plan.gap_data(state.run_id)
+    gap = plan.gap_data(view.labels)
     if gap is not None:
         events.append({"event": "gap", "id": None, "data": gap})
         metrics.count_gap()
@@ -232,8 +373,7 @@ async def page(
                 break
     last_id = next((e["id"] for e in reversed(events) if e["id"]), None)
     return {
-        "run_id": state.run_id,
-        "phase": state.phase,
+        **view.page_head(state),
         "events": events,
         "next_cursor": last_id or (format_event_id(state.epoch, after) if after else ""),
         "done": done,

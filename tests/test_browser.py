@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,14 +142,16 @@ class DevTools:
         self.requests: dict[str, dict[str, Any]] = {}  # EventSource requests by requestId
         self.sent_headers: dict[str, dict[str, str]] = {}
         self.answered = asyncio.Event()
+        # Other tests' hooks: called with (method, params) for every protocol event.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.reader = asyncio.create_task(self._read())
 
-    async def call(self, method: str, **params: Any) -> Any:
+    async def call(self, method: str, timeout_s: float = 10, **params: Any) -> Any:
         msg_id = next(self.ids)
         future = asyncio.get_running_loop().create_future()
         self.pending[msg_id] = future
         await self.ws.send_json({"id": msg_id, "method": method, "params": params})
-        return await asyncio.wait_for(future, 10)
+        return await asyncio.wait_for(future, timeout_s)
 
     async def _read(self) -> None:
         async for msg in self.ws:
@@ -161,6 +163,8 @@ class DevTools:
                 continue
             params = data.get("params", {})
             method = data.get("method")
+            for listener in self.listeners:
+                listener(method, params)
             if method == "Network.requestWillBeSent" and params.get("type") == "EventSource":
                 self.requests[params["requestId"]] = {"url": params["request"]["url"]}
             elif method == "Network.requestWillBeSentExtraInfo":
