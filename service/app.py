@@ -6,24 +6,28 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .appkeys import HUB, READER, SETTINGS, STORE, TICKETS, TOKENS
+from .admission import Admission
+from .appkeys import ADMISSION, HUB, READER, SETTINGS, STORE, TICKETS, TOKENS
 from .auth import TokenTable
 from .cors import Cors
 from .errors import error_middleware
 from .frame_cache import FrameCache
 from .hub import Hub
 from .runs import cancel_run, get_run
+from .server_header import drop_server_header
 from .settings import Settings
 from .store import LogReader
 from .store_client import StoreClient
 from .tickets import ticket_book
-from .views import create_ticket, health, run_events
+from .views import create_ticket, health, ready, run_events
 
 
 def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Application:
     """Build the app; no I/O happens until it starts (see the cleanup contexts)."""
+    drop_server_header()
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
+    app[ADMISSION] = Admission(settings.tenant_max_streams)
     app[TOKENS] = tokens
     app[TICKETS] = ticket_book(settings, tokens)
     cors = Cors(settings.cors_origins)
@@ -33,15 +37,17 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
     app.router.add_get("/v1/runs/{run_id}", get_run)
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
 
     async def redis_and_hub(app: web.Application) -> AsyncIterator[None]:
         # A bounded pool for reads plus one pub/sub connection: the pod's connection count
         # is fixed whatever the number of streams.
         store = StoreClient(redis_url, settings.redis_max_connections)
         app[STORE] = store
-        app[READER] = LogReader(store)
+        app[READER] = reader = LogReader(store)
         hub = Hub(
             redis_url,
+            reader=reader,
             heartbeat_s=settings.heartbeat_s,
             stream_max_s=settings.stream_max_s,
             frames=FrameCache(settings.replay_cache_bytes),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .admission import Admission
 from .auth import TokenTable
 from .hub import Hub
 from .settings import Settings
@@ -17,3 +18,4 @@ TICKETS = web.AppKey("tickets", TicketBook)
 STORE = web.AppKey("store", StoreClient)
 HUB = web.AppKey("hub", Hub)
 READER = web.AppKey("reader", LogReader)
+ADMISSION = web.AppKey("admission", Admission)

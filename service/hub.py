@@ -9,6 +9,11 @@ command at all, whatever the number of its watchers. Announcements that arrive t
 
 Clients are ``Subscriber`` objects with no task or timer of their own: one ticker per
 pod sends the heartbeat and ends streams at their soft limit.
+
+When the pub/sub connection is lost (or stops answering the PING sent on it every
+heartbeat: a half-open socket), streams stay open: the hub reconnects, subscribes every
+feed again and, for each, reads from the log what was announced while it was away,
+holding back new announcements until that repair is done, then carries on.
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ import time
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from runlog.announce import decode
+from runlog.announce import Announcement, decode
 from runlog.keys import live_channel
 
 from .frame_cache import FrameCache
 from .live_connection import LiveConnection, Message
-from .sse import PING_CHUNK, chunk, encode_event
+from .sse import PING, PING_CHUNK, chunk, encode_event
+from .store import LogReader
 
 log = logging.getLogger("mantis.hub")
 
@@ -41,12 +47,24 @@ SLOW = "slow_client"
 SHUTDOWN = "shutdown"
 STORE_LOST = "store_lost"
 RESYNC = "resync"
+DRAINED = "drained"
+
+REPAIR_BATCH = 500
 
 
 class Subscriber:
     """One streaming client: where its bytes go and the last event number it was sent."""
 
-    __slots__ = ("backlog_limit", "deadline", "done", "feed", "last_n", "min_t", "transport")
+    __slots__ = (
+        "backlog_limit",
+        "chunked",
+        "deadline",
+        "done",
+        "feed",
+        "last_n",
+        "min_t",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -56,8 +74,12 @@ class Subscriber:
         min_t: int | None,
         deadline: float,
         backlog_limit: int,
+        chunked: bool = True,
     ) -> None:
         self.transport = transport
+        # HTTP/1.1 responses are chunked; an HTTP/1.0 one is delimited by closing, and
+        # gets the same frames without chunk framing.
+        self.chunked = chunked
         self.last_n = last_n
         self.min_t = min_t
         self.deadline = deadline
@@ -75,7 +97,7 @@ class Subscriber:
             self.done.set_result(reason)
 
     def send(self, data: bytes) -> bool:
-        """Write ready chunk bytes; cut the client if its unsent backlog passes the bound."""
+        """Write ready bytes (framed for this response); cut the client past the backlog bound."""
         transport = self.transport
         if transport.is_closing():
             self.finish(CLOSED)
@@ -95,8 +117,11 @@ class Feed:
     __slots__ = (
         "channel",
         "epoch",
+        "gen",
+        "held",
         "id_prefix",
         "last_n",
+        "lost",
         "ready",
         "run_id",
         "subscribers",
@@ -114,6 +139,12 @@ class Feed:
         self.watchers = 0
         self.last_n = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Not None while the feed is being repaired after a reconnect: announcements
+        # received meanwhile wait here, after what the repair reads from the log.
+        self.held: list[bytes] | None = None
+        self.gen = 0  # counts connection losses seen, so a stale repair knows it is stale
+        # The log this feed followed is gone (lost and re-created): nobody may go live on it.
+        self.lost = False
 
 
 class Hub:
@@ -123,12 +154,14 @@ class Hub:
         self,
         redis_url: str,
         *,
+        reader: LogReader,
         heartbeat_s: float,
         stream_max_s: float,
         frames: FrameCache | None = None,
     ) -> None:
         self.frames = frames if frames is not None else FrameCache(0)
         self._url = redis_url
+        self._reader = reader
         self._heartbeat_s = heartbeat_s
         self._stream_max_s = stream_max_s
         self._live: LiveConnection | None = None
@@ -137,6 +170,7 @@ class Hub:
         self._deadlines: list[tuple[float, int, Subscriber]] = []
         self._order = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
+        self._repairs: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
         self._stopping = False
 
@@ -155,11 +189,17 @@ class Hub:
         self._stopping = True
         if self._live is not None:
             self._live.close()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._repairs]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    @property
+    def connected(self) -> bool:
+        """Whether the pub/sub connection is up (and, as far as the last PING tells, alive)."""
+        return self._connected.is_set()
 
     @property
     def stream_count(self) -> int:
@@ -215,6 +255,9 @@ class Hub:
 
     def go_live(self, feed: Feed, sub: Subscriber) -> None:
         """Start live delivery to ``sub``; call with no await since its replay caught up."""
+        if feed.lost:
+            sub.finish(RESYNC)
+            return
         sub.feed = feed
         feed.subscribers.append(sub)
 
@@ -252,6 +295,9 @@ class Hub:
             if kind == b"message":
                 feed = feeds.get(message[1])
                 if feed is not None:
+                    if feed.held is not None:
+                        feed.held.append(message[2])
+                        continue
                     payloads = pending.get(feed)
                     if payloads is None:
                         pending[feed] = [message[2]]
@@ -259,16 +305,39 @@ class Hub:
                         payloads.append(message[2])
             elif kind == b"subscribe":
                 feed = feeds.get(message[1])
-                if feed is not None and not feed.ready.done():
+                if feed is None:
+                    continue
+                if not feed.ready.done():
                     feed.ready.set_result(None)
+                elif feed.held is not None:
+                    # Subscribed again after a reconnect: from here on nothing is missed;
+                    # what was announced before is read from the log.
+                    task = asyncio.create_task(self._repair(feed, feed.gen), name="hub-repair")
+                    self._repairs.add(task)
+                    task.add_done_callback(self._repairs.discard)
         for feed, payloads in pending.items():
             self.deliver(feed, payloads)
 
     def deliver(self, feed: Feed, payloads: list[bytes]) -> None:
         """Fan announced events out to the feed's live subscribers, encoded once each."""
-        events: list[tuple[int, int, bytes, bool]] = []
+        announced: list[Announcement] = []
         for payload in payloads:
-            n, t, name, data = decode(payload)
+            try:
+                announced.append(decode(payload))
+            except ValueError:
+                # Anyone who can PUBLISH reaches this channel: drop what is not ours
+                # rather than let it reset the pod's connection (and every stream on it).
+                log.warning(
+                    "dropped a malformed announcement on %s (%d bytes)",
+                    feed.channel.decode(errors="replace"),
+                    len(payload),
+                )
+        self.deliver_events(feed, announced)
+
+    def deliver_events(self, feed: Feed, announced: list[Announcement]) -> None:
+        """Fan events (announced, or read from the log by a repair) out, encoded once each."""
+        events: list[tuple[int, int, bytes, bytes, bool]] = []
+        for n, t, name, data in announced:
             if n <= feed.last_n:
                 if n == 1:
                     # The log was lost and re-created: these clients' cursors belong to the
@@ -280,7 +349,7 @@ class Hub:
             event = encode_event(name, feed.id_prefix + b"%010d" % n, data)
             is_terminal = name == b"terminal"
             self.frames.put(feed.run_id, feed.epoch, n, event, is_terminal)
-            events.append((n, t, chunk(event), is_terminal))
+            events.append((n, t, event, chunk(event), is_terminal))
         if not events:
             return
         for sub in feed.subscribers:
@@ -288,9 +357,10 @@ class Hub:
                 continue
             last = sub.last_n
             min_t = sub.min_t
+            chunked = sub.chunked
             parts: list[bytes] = []
             ending = ""
-            for n, t, frame, is_terminal in events:
+            for n, t, frame, framed, is_terminal in events:
                 if n <= last:
                     continue
                 if n != last + 1:
@@ -300,7 +370,7 @@ class Hub:
                     break
                 last = n
                 if min_t is None or t > min_t:
-                    parts.append(frame)
+                    parts.append(framed if chunked else frame)
                 if is_terminal:
                     ending = TERMINAL
                     break
@@ -328,23 +398,71 @@ class Hub:
                 backoff = 0.1  # it had been up: retry promptly
             self._connected.clear()
             self._live = None
-            # Events announced while we were away are not coming back on this channel:
-            # every stream ends at an event boundary and resumes by cursor from the log.
-            self.end_all(STORE_LOST)
-            for feed in self._feeds.values():
+            # Streams stay open. Announcements made while we are away are not coming back
+            # on the channel: each feed is repaired from the log once subscribed again.
+            for feed in list(self._feeds.values()):
                 if not feed.ready.done():
                     feed.ready.set_exception(RedisConnectionError("live connection lost"))
                     feed.ready.exception()  # its waiter, if any, sees it; no "never retrieved"
-            self._feeds.clear()
+                else:
+                    feed.held = []
+                    feed.gen += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
     async def _read_until_lost(self) -> None:
         live = await LiveConnection.open(self._url, self.on_messages)
         self._live = live
+        waiting = [
+            feed.channel
+            for feed in self._feeds.values()
+            if feed.ready.done() and feed.ready.exception() is None
+        ]
+        if waiting:
+            live.subscribe(*waiting)
         self._connected.set()
         reason = await live.wait_closed()
         raise RedisConnectionError("live connection closed") from reason
+
+    async def _repair(self, feed: Feed, gen: int) -> None:
+        """Deliver what ``feed`` missed while disconnected (from the log), then what it held."""
+        start = feed.last_n
+        if feed.subscribers:
+            start = max(start, min(sub.last_n for sub in feed.subscribers))
+        try:
+            state = await self._reader.state(feed.run_id)
+            if state is None or state.epoch != feed.epoch:
+                # The log was lost (and perhaps re-created) meanwhile: these cursors belong
+                # to the old one; the clients reconnect and get a gap event (or a 404).
+                feed.lost = True
+                feed.held = None
+                for sub in list(feed.subscribers):
+                    sub.finish(RESYNC)
+                self._drop_feed(feed)
+                return
+            after = start
+            while True:
+                entries = await self._reader.after(feed.run_id, after, REPAIR_BATCH)
+                if not entries:
+                    break
+                after = entries[-1].n
+                self.deliver_events(
+                    feed, [Announcement(e.n, e.t, e.name, e.data) for e in entries]
+                )
+                if len(entries) < REPAIR_BATCH:
+                    break
+        except (RedisError, OSError) as exc:
+            if feed.gen != gen:
+                return  # lost again meanwhile: the next reconnect repairs it
+            log.warning("could not repair a feed from the log (%s)", type(exc).__name__)
+            # Its clients resume by cursor from the log themselves.
+            for sub in list(feed.subscribers):
+                sub.finish(STORE_LOST)
+        if feed.gen != gen:
+            return  # lost again meanwhile: the next reconnect's repair hands over
+        held, feed.held = feed.held, None
+        if held:
+            self.deliver(feed, held)
 
     # -- the ticker ------------------------------------------------------------------
 
@@ -358,6 +476,7 @@ class Hub:
             if now >= next_ping:
                 next_ping = now + self._heartbeat_s
                 self._ping_all()
+                self._check_live()
 
     def _expire(self, now: float) -> None:
         heap = self._deadlines
@@ -368,4 +487,17 @@ class Hub:
     def _ping_all(self) -> None:
         for sub in list(self._all):
             if not sub.finished:
-                sub.send(PING_CHUNK)
+                sub.send(PING_CHUNK if sub.chunked else PING)
+
+    def _check_live(self) -> None:
+        """PING the pub/sub connection; one that left the last PING unanswered is dead."""
+        live = self._live
+        if live is None or not self._connected.is_set():
+            return
+        try:
+            answered = live.ping()
+        except RedisConnectionError:
+            return  # closing already: the reader reconnects
+        if not answered:
+            log.warning("live connection did not answer a PING within a heartbeat; reconnecting")
+            live.abort()

@@ -6,26 +6,29 @@ import asyncio
 import contextlib
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from redis.exceptions import RedisError
 
 from runlog.ids import Cursor, TimeCursor, format_event_id, is_valid_run_id, parse_cursor
 
-from .appkeys import HUB, READER, SETTINGS, TICKETS, TOKENS
+from .appkeys import ADMISSION, HUB, READER, SETTINGS, TICKETS, TOKENS
 from .errors import (
     InvalidCursor,
     InvalidLimit,
     InvalidRunId,
     RunNotFound,
-    StoreUnavailable,
+    TooManyStreams,
     Unauthorized,
 )
-from .hub import Feed, Subscriber
+from .hub import STORE_LOST, Feed, Subscriber
 from .resume import ResumePlan, plan_resume
-from .sse import RETRY, EventStreamResponse, event_json, gap_frame
-from .store import RunState
-from .stream import replay_then_live
+from .sse import RETRY, EventStreamResponse, event_json, gap_frame, retry_later, wants_stream
+from .store import Entry, RunState
+from .stream import BatchSizer, replay_then_live, trimmed_gap
 from .tickets import ExpiredTicket, InvalidTicket
+
+# What a request meets when the store is away (the middleware maps these to 503 for JSON).
+STORE_DOWN = (RedisError, OSError, TimeoutError)
 
 PAGE_DEFAULT = 1000
 PAGE_MAX = 10_000
@@ -73,12 +76,6 @@ def cursor_of(request: web.Request) -> Cursor:
         raise InvalidCursor(str(exc)) from None
 
 
-def wants_stream(request: web.Request) -> bool:
-    if request.query.get("sse", "").lower() in ("1", "true", "yes"):
-        return True
-    return "text/event-stream" in request.headers.get("Accept", "")
-
-
 async def load_run(request: web.Request, run_id: str, tenant: str) -> RunState:
     """The run's state, or 404 when absent or another tenant's (indistinguishable)."""
     state = await request.app[READER].state(run_id)
@@ -102,11 +99,19 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     cursor = cursor_of(request)
     stream = wants_stream(request)
     limit = PAGE_DEFAULT if stream else page_limit(request)
-    state = await load_run(request, run_id, tenant)
-    plan = await resolve(request, state, cursor)
-    if stream:
-        return await stream_events(request, state, plan)
-    return web.json_response(await page(request, state, plan, limit))
+    if not stream:
+        state = await load_run(request, run_id, tenant)
+        plan = await resolve(request, state, cursor)
+        return web.json_response(await page(request, state, plan, limit))
+    if request.app[ADMISSION].draining:
+        # This pod is going away: the client's EventSource retries (on another pod).
+        return await retry_later(request)
+    try:
+        state = await load_run(request, run_id, tenant)
+        plan = await resolve(request, state, cursor)
+    except STORE_DOWN:
+        return await retry_later(request)
+    return await stream_events(request, tenant, state, plan)
 
 
 async def create_ticket(request: web.Request) -> web.Response:
@@ -124,25 +129,35 @@ async def create_ticket(request: web.Request) -> web.Response:
 
 
 async def stream_events(
-    request: web.Request, state: RunState, plan: ResumePlan
+    request: web.Request, tenant: str, state: RunState, plan: ResumePlan
 ) -> web.StreamResponse:
     if plan.finished:
         # 204 is what makes a browser's EventSource stop reconnecting for good.
         return web.Response(status=204, headers={"Cache-Control": "no-cache"})
-    hub = request.app[HUB]
-    feed: Feed | None = None
-    if state.terminal_n is None:
-        # Subscribed (and confirmed) before the response starts: a pod that cannot hear
-        # live events answers 503 instead of a stream that would never move.
-        try:
-            feed = await hub.watch(state.run_id, state.id_prefix)
-        except (TimeoutError, RedisError) as exc:
-            raise StoreUnavailable("live events cannot be reached; retry later") from exc
+    admission = request.app[ADMISSION]
+    if not admission.open_stream(tenant):
+        raise TooManyStreams(
+            f"this tenant already has {admission.tenant_max_streams} open streams here; "
+            "retry later"
+        )
     try:
-        return await _stream(request, state, plan, feed)
+        hub = request.app[HUB]
+        feed: Feed | None = None
+        if state.terminal_n is None:
+            # Subscribed (and confirmed) before the response starts: a pod that cannot
+            # hear live events tells the client to retry instead of a stream that would
+            # never move.
+            try:
+                feed = await hub.watch(state.run_id, state.id_prefix)
+            except STORE_DOWN:
+                return await retry_later(request)
+        try:
+            return await _stream(request, state, plan, feed)
+        finally:
+            if feed is not None:
+                hub.unwatch(feed)
     finally:
-        if feed is not None:
-            hub.unwatch(feed)
+        admission.close_stream(tenant)
 
 
 async def _stream(
@@ -161,6 +176,8 @@ async def _stream(
         min_t=plan.min_t,
         deadline=hub.deadline(),
         backlog_limit=settings.client_backlog_bytes,
+        # An HTTP/1.0 response is not chunked (it ends when the connection closes).
+        chunked=request.version >= HttpVersion11,
     )
     hub.track(sub)
     try:
@@ -169,7 +186,21 @@ async def _stream(
         if gap is not None:
             head += gap_frame(gap)
         await response.write(head)
-        await replay_then_live(hub, request.app[READER], state, plan, sub, response.write, feed)
+        try:
+            await replay_then_live(
+                hub,
+                request.app[READER],
+                state,
+                plan,
+                sub,
+                response.write,
+                feed,
+                batch_bytes=settings.replay_batch_bytes,
+            )
+        except STORE_DOWN:
+            # The store went away mid-replay (or the client did): end at an event
+            # boundary; the client resumes by cursor.
+            sub.finish(STORE_LOST)
         await sub.done
     finally:
         hub.release(sub)
@@ -195,8 +226,13 @@ def page_limit(request: web.Request) -> int:
 async def page(
     request: web.Request, state: RunState, plan: ResumePlan, limit: int
 ) -> dict[str, Any]:
-    """Up to ``limit`` events after the cursor, as the JSON page of the contract."""
+    """Up to ``limit`` events after the cursor, as the JSON page of the contract.
+
+    The page also stops before its event data passes ``MANTIS_PAGE_MAX_BYTES``, though it
+    always holds at least one event; ``next_cursor`` then continues from the last one.
+    """
     reader = request.app[READER]
+    budget = request.app[SETTINGS].page_max_bytes
     events: list[dict[str, Any]] = []
     gap = plan.gap_data(state.run_id)
     if gap is not None:
@@ -204,14 +240,27 @@ async def page(
     after = plan.after_n
     done = plan.finished
     wanted = limit
-    while not done and wanted > 0:
-        entries = await reader.after(state.run_id, after, wanted)
+    used = 0
+    sizer = BatchSizer(budget, ceiling=limit)
+    full = False
+    while not done and not full and wanted > 0:
+        entries: list[Entry] = await reader.after(state.run_id, after, min(wanted, sizer.count))
         if not entries:
             break
+        sizer.saw(entries)
+        trimmed = trimmed_gap(state, after, entries[0])
+        if trimmed is not None:
+            # Trimmed since the cursor was checked (a run at its length cap): say so.
+            events.append({"event": "gap", "id": None, "data": trimmed})
         for entry in entries:
-            after = entry.n
             if plan.min_t is not None and entry.t <= plan.min_t:
+                after = entry.n
                 continue
+            if used + len(entry.data) > budget and wanted < limit:
+                full = True  # the next page starts with this event
+                break
+            after = entry.n
+            used += len(entry.data)
             event_id = format_event_id(state.epoch, entry.n)
             events.append(event_json(entry.name.decode(), event_id, entry.data))
             wanted -= 1
@@ -231,7 +280,25 @@ async def page(
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness plus a few gauges; no secret, no store URL."""
+    """Liveness: the process serves. Never touches the store (a store outage must not get
+    every pod restarted); a few gauges, no secret, no store URL."""
     hub = request.app[HUB]
-    await asyncio.wait_for(request.app[READER].ping(), timeout=2)
-    return web.json_response({"ok": True, "streams": hub.stream_count, "runs": hub.feed_count})
+    return web.json_response(
+        {
+            "ok": True,
+            "draining": request.app[ADMISSION].draining,
+            "streams": hub.stream_count,
+            "runs": hub.feed_count,
+        }
+    )
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: 200 when the store answers and the pod is not draining, else 503."""
+    if request.app[ADMISSION].draining:
+        return web.json_response({"ready": False, "reason": "draining"}, status=503)
+    try:
+        await asyncio.wait_for(request.app[READER].ping(), timeout=2)
+    except STORE_DOWN:
+        return web.json_response({"ready": False, "reason": "store_unreachable"}, status=503)
+    return web.json_response({"ready": True})

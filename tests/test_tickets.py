@@ -12,14 +12,13 @@ import orjson
 import pytest
 
 from runner_bridge import Bridge
-from service.auth import TokenTable
 from service.settings import Settings
 from service.tickets import ExpiredTicket, InvalidTicket, TicketBook, derive_key
 
-from .conftest import TOKEN_SPEC, TOKENS
+from .conftest import TOKENS
 
 T0 = 1_750_000_000.0
-KEY = derive_key(None, TokenTable.parse(TOKEN_SPEC).entries)
+KEY = derive_key("test-ticket-secret")
 
 
 def book(*, ttl_s: float = 300, max_life_s: float = 43_200, key: bytes = KEY) -> TicketBook:
@@ -99,19 +98,12 @@ def test_a_tenant_no_longer_configured_is_refused() -> None:
         book().verify(wider.issue("gone", "r1").token, "r1")
 
 
-def test_pods_with_the_same_tokens_derive_the_same_key() -> None:
-    clear = TokenTable.parse("acme=a-token,other=o-token")
-    hashed = TokenTable.parse(
-        "other=sha256:" + TokenTable.parse("x=o-token").entries[0][1].hex() + ",acme=a-token"
-    )
-    assert derive_key(None, clear.entries) == derive_key(None, hashed.entries)
-    assert derive_key(None, clear.entries) != derive_key(
-        None, TokenTable.parse("acme=a-token,other=changed").entries
-    )
-    # An explicit secret wins over the tokens: pods agree whatever their token lists.
-    assert derive_key("s3cret", clear.entries) == derive_key("s3cret", ())
-    assert derive_key("s3cret", ()) != derive_key("other", ())
-    assert derive_key("s3cret", ()) != derive_key(None, clear.entries)
+def test_the_key_comes_from_the_shared_secret_alone() -> None:
+    # Pods sharing MANTIS_TICKET_SECRET agree; the tenant tokens play no part.
+    assert derive_key("s3cret") == derive_key("s3cret")
+    assert derive_key("s3cret") != derive_key("other")
+    with pytest.raises(ValueError):
+        derive_key("")
 
 
 def test_settings_read_the_ticket_variables_and_hide_the_secret() -> None:
