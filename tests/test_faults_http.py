@@ -200,7 +200,9 @@ async def test_a_header_that_is_not_utf8_is_a_client_error(
         run = bridge.open_run("r1", tenant="acme")
         run.set_phase("running")
         run.finish("complete")
-    token = b"" if header.startswith(b"X-Mantis-Token") else b"X-Mantis-Token: token-acme-secret\r\n"
+    token = b"X-Mantis-Token: token-acme-secret\r\n"
+    if header.startswith(b"X-Mantis-Token"):
+        token = b""
     request = (
         b"GET /v1/runs/r1/events HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
         + token
