@@ -50,6 +50,7 @@ RESYNC = "resync"
 DRAINED = "drained"
 
 REPAIR_BATCH = 500
+REPAIR_ATTEMPTS = 4
 
 
 class Subscriber:
@@ -391,7 +392,7 @@ class Hub:
                 if self._stopping:
                     return
                 log.warning(
-                    "live connection to the store lost (%s); streams will resume",
+                    "live connection to the store lost (%s); reconnecting, streams stay open",
                     type(exc).__name__,
                 )
             if self._connected.is_set():
@@ -426,43 +427,50 @@ class Hub:
 
     async def _repair(self, feed: Feed, gen: int) -> None:
         """Deliver what ``feed`` missed while disconnected (from the log), then what it held."""
-        start = feed.last_n
-        if feed.subscribers:
-            start = max(start, min(sub.last_n for sub in feed.subscribers))
-        try:
-            state = await self._reader.state(feed.run_id)
-            if state is None or state.epoch != feed.epoch:
-                # The log was lost (and perhaps re-created) meanwhile: these cursors belong
-                # to the old one; the clients reconnect and get a gap event (or a 404).
-                feed.lost = True
-                feed.held = None
+        for attempt in range(REPAIR_ATTEMPTS):
+            try:
+                await self._read_missed(feed)
+                break
+            except (RedisError, OSError) as exc:
+                if feed.gen != gen:
+                    return  # lost again meanwhile: the next reconnect repairs it
+                if attempt + 1 < REPAIR_ATTEMPTS:
+                    # Pooled connections from before the outage fail once, then are replaced.
+                    await asyncio.sleep(0.1 * 2**attempt)
+                    continue
+                log.warning("could not repair a feed from the log (%s)", type(exc).__name__)
+                # Its clients resume by cursor from the log themselves.
                 for sub in list(feed.subscribers):
-                    sub.finish(RESYNC)
-                self._drop_feed(feed)
-                return
-            after = start
-            while True:
-                entries = await self._reader.after(feed.run_id, after, REPAIR_BATCH)
-                if not entries:
-                    break
-                after = entries[-1].n
-                self.deliver_events(
-                    feed, [Announcement(e.n, e.t, e.name, e.data) for e in entries]
-                )
-                if len(entries) < REPAIR_BATCH:
-                    break
-        except (RedisError, OSError) as exc:
-            if feed.gen != gen:
-                return  # lost again meanwhile: the next reconnect repairs it
-            log.warning("could not repair a feed from the log (%s)", type(exc).__name__)
-            # Its clients resume by cursor from the log themselves.
-            for sub in list(feed.subscribers):
-                sub.finish(STORE_LOST)
-        if feed.gen != gen:
+                    sub.finish(STORE_LOST)
+        if feed.gen != gen or feed.lost:
             return  # lost again meanwhile: the next reconnect's repair hands over
         held, feed.held = feed.held, None
         if held:
             self.deliver(feed, held)
+
+    async def _read_missed(self, feed: Feed) -> None:
+        start = feed.last_n
+        if feed.subscribers:
+            start = max(start, min(sub.last_n for sub in feed.subscribers))
+        state = await self._reader.state(feed.run_id)
+        if state is None or state.epoch != feed.epoch:
+            # The log was lost (and perhaps re-created) meanwhile: these cursors belong to
+            # the old one; the clients reconnect and get a gap event (or a 404).
+            feed.lost = True
+            feed.held = None
+            for sub in list(feed.subscribers):
+                sub.finish(RESYNC)
+            self._drop_feed(feed)
+            return
+        after = start
+        while True:
+            entries = await self._reader.after(feed.run_id, after, REPAIR_BATCH)
+            if not entries:
+                return
+            after = entries[-1].n
+            self.deliver_events(feed, [Announcement(e.n, e.t, e.name, e.data) for e in entries])
+            if len(entries) < REPAIR_BATCH:
+                return
 
     # -- the ticker ------------------------------------------------------------------
 
