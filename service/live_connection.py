@@ -67,6 +67,9 @@ class _Protocol(asyncio.Protocol):
                     self.pings_unanswered = 0
                     continue
                 batch.append(reply)
+            elif reply == b"PONG":
+                # With no channel subscribed, Redis answers PING as it does outside pub/sub.
+                self.pings_unanswered = 0
             elif isinstance(reply, hiredis.ReplyError):
                 self._fail(RedisConnectionError(f"pub/sub connection refused: {reply}"))
                 return

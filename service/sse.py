@@ -113,6 +113,6 @@ async def retry_later(request: web.BaseRequest) -> web.StreamResponse:
     response.headers["Retry-After"] = "2"
     await response.prepare(request)
     with contextlib.suppress(ConnectionError):
-        await response.write(b"retry: %d\n%s" % (retry_later_ms(), UNAVAILABLE))
+        await response.write(b"retry: %d\n\n%s" % (retry_later_ms(), UNAVAILABLE))
         await response.write_eof()
     return response

@@ -199,7 +199,7 @@ async def check_unavailable(resp: Any, mode: str) -> None:
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/event-stream")
     body = (await resp.read()).decode()
-    match = re.fullmatch(r"retry: (\d+)\n: unavailable\n\n", body)
+    match = re.fullmatch(r"retry: (\d+)\n\n: unavailable\n\n", body)
     assert match is not None, body
     assert 1000 <= int(match.group(1)) <= 3000
 

@@ -27,7 +27,7 @@ from .conftest import ROOT, TOKEN_SPEC, TOKENS, Service
 from .contract_support import PAGE, SSE, StrictSSE, events_of
 from .redis_server import free_port
 
-UNAVAILABLE_RE = re.compile(rb"retry: (\d+)\n: unavailable\n\n")
+UNAVAILABLE_RE = re.compile(rb"retry: (\d+)\n\n: unavailable\n\n")
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from runlog.calls import LogLimits
 from runner_bridge import AsyncBridge
 from service.app import create_app
 from service.auth import TokenTable
+from service.live_connection import LiveConnection
 from service.settings import Settings
 
 from .conftest import TOKEN_SPEC, TOKENS
@@ -155,3 +156,24 @@ async def test_the_stream_stays_open_and_is_repaired_from_the_log(
     assert [e.data["step_index"] for e in reader.events if e.event == "step"] == list(range(11))
     assert_contiguous(reader.events, 1, reader.events[-1].n)
     assert reader.events[-1].event == "terminal"
+
+
+@pytest.mark.parametrize("subscribed", [False, True], ids=["idle", "subscribed"])
+async def test_the_heartbeat_ping_is_answered_with_or_without_channels(
+    redis_url: str, subscribed: bool
+) -> None:
+    """Redis answers PING differently with and without a subscription; both count."""
+    got: list[object] = []
+    live = await LiveConnection.open(redis_url, got.extend)
+    try:
+        if subscribed:
+            live.subscribe(b"mantis-test-channel")
+        assert live.ping()
+        for _ in range(300):  # bounded: the PONG crosses a real socket
+            if live._protocol.pings_unanswered == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert live.ping(), "the first PING was answered, yet counted as unanswered"
+        assert all(message[0] != b"pong" for message in got)  # type: ignore[index]
+    finally:
+        live.close()
