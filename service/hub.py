@@ -51,6 +51,8 @@ DRAINED = "drained"
 
 REPAIR_BATCH = 500
 REPAIR_ATTEMPTS = 4
+# A PING on the pub/sub connection unanswered this long means a half-open socket.
+PONG_TIMEOUT_S = 5.0
 
 
 class Subscriber:
@@ -481,10 +483,11 @@ class Hub:
             await asyncio.sleep(tick)
             now = time.monotonic()
             self._expire(now)
-            if now >= next_ping:
+            ping_due = now >= next_ping
+            if ping_due:
                 next_ping = now + self._heartbeat_s
                 self._ping_all()
-                self._check_live()
+            self._check_live(now, ping_due)
 
     def _expire(self, now: float) -> None:
         heap = self._deadlines
@@ -497,15 +500,17 @@ class Hub:
             if not sub.finished:
                 sub.send(PING_CHUNK if sub.chunked else PING)
 
-    def _check_live(self) -> None:
-        """PING the pub/sub connection; one that left the last PING unanswered is dead."""
+    def _check_live(self, now: float, ping_due: bool) -> None:
+        """PING the pub/sub connection each heartbeat; one that leaves a PING unanswered
+        for ``PONG_TIMEOUT_S`` (or a heartbeat, if shorter) is dead: drop it, reconnect."""
         live = self._live
         if live is None or not self._connected.is_set():
             return
-        try:
-            answered = live.ping()
-        except RedisConnectionError:
-            return  # closing already: the reader reconnects
-        if not answered:
-            log.warning("live connection did not answer a PING within a heartbeat; reconnecting")
+        sent_at = live.ping_sent_at
+        if sent_at is not None and now - sent_at > min(PONG_TIMEOUT_S, self._heartbeat_s):
+            log.warning("live connection left a PING unanswered; reconnecting")
             live.abort()
+            return
+        if ping_due:
+            with contextlib.suppress(RedisConnectionError):  # closing: the reader reconnects
+                live.ping(now)

@@ -49,7 +49,8 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self.auth_reply: asyncio.Future[Any] | None = None
-        self.pings_unanswered = 0
+        # When the PING now outstanding was sent (monotonic), None when none is.
+        self.ping_sent_at: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -64,12 +65,12 @@ class _Protocol(asyncio.Protocol):
                 continue
             if isinstance(reply, list):
                 if reply and reply[0] == b"pong":
-                    self.pings_unanswered = 0
+                    self.ping_sent_at = None
                     continue
                 batch.append(reply)
             elif reply == b"PONG":
                 # With no channel subscribed, Redis answers PING as it does outside pub/sub.
-                self.pings_unanswered = 0
+                self.ping_sent_at = None
             elif isinstance(reply, hiredis.ReplyError):
                 self._fail(RedisConnectionError(f"pub/sub connection refused: {reply}"))
                 return
@@ -146,13 +147,16 @@ class LiveConnection:
     def unsubscribe(self, *channels: bytes) -> None:
         self._send(pack("UNSUBSCRIBE", *channels))
 
-    def ping(self) -> bool:
-        """Send a PING; False (and nothing sent) if the previous one is still unanswered."""
-        if self._protocol.pings_unanswered:
-            return False
-        self._send(pack("PING"))
-        self._protocol.pings_unanswered += 1
-        return True
+    def ping(self, now: float) -> None:
+        """Send a PING (``now``: the monotonic time), unless one is still unanswered."""
+        if self._protocol.ping_sent_at is None:
+            self._send(pack("PING"))
+            self._protocol.ping_sent_at = now
+
+    @property
+    def ping_sent_at(self) -> float | None:
+        """When the unanswered PING was sent; None when every PING has been answered."""
+        return self._protocol.ping_sent_at
 
     def abort(self) -> None:
         """Drop the connection now (no goodbye: the peer may not be there to hear it)."""

@@ -316,3 +316,31 @@ async def test_without_a_ticket_secret_the_key_is_per_process_and_says_so(
     with caplog.at_level(logging.WARNING, logger="mantis.tickets"):
         await service()
     assert any("MANTIS_TICKET_SECRET is not set" in r.getMessage() for r in caplog.records)
+
+
+def test_the_new_settings_are_read_and_validated() -> None:
+    from service.settings import SettingsError
+
+    settings = Settings.from_env(
+        {
+            "MANTIS_DRAIN_S": "0",
+            "MANTIS_TENANT_MAX_STREAMS": "7",
+            "MANTIS_PAGE_MAX_BYTES": "1000",
+            "MANTIS_REPLAY_BATCH_BYTES": "2000",
+        }
+    )
+    assert (settings.drain_s, settings.tenant_max_streams) == (0, 7)
+    assert (settings.page_max_bytes, settings.replay_batch_bytes) == (1000, 2000)
+    defaults = Settings.from_env({})
+    assert (defaults.drain_s, defaults.tenant_max_streams) == (5, 1000)
+    assert (defaults.page_max_bytes, defaults.replay_batch_bytes) == (8 << 20, 1 << 20)
+    for name, bad in (
+        ("MANTIS_DRAIN_S", "-1"),
+        ("MANTIS_DRAIN_S", "soon"),
+        ("MANTIS_TENANT_MAX_STREAMS", "0"),
+        ("MANTIS_TENANT_MAX_STREAMS", "1.5"),
+        ("MANTIS_PAGE_MAX_BYTES", "0"),
+        ("MANTIS_REPLAY_BATCH_BYTES", "lots"),
+    ):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: bad})
