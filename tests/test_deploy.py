@@ -210,3 +210,15 @@ def test_the_haproxy_config_checks_readiness_and_outlasts_the_heartbeat() -> Non
             timeout=30,
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_env_example_is_a_valid_exposed_configuration() -> None:
+    env = {}
+    for line in (DEPLOY / "events.env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            env[name] = value
+    settings = Settings.from_env(env)
+    assert not settings.loopback_only
+    assert settings.exposure_problems() == []
+    assert settings.drain_s + SHUTDOWN_GRACE_S + 10 <= float(unit_settings()["TimeoutStopSec"][0])
