@@ -53,6 +53,8 @@ REPAIR_BATCH = 500
 REPAIR_ATTEMPTS = 4
 # A PING on the pub/sub connection unanswered this long means a half-open socket.
 PONG_TIMEOUT_S = 5.0
+# Streams wait this long for the pub/sub connection to come back, then end (clients resume).
+LIVE_GIVE_UP_S = 30.0
 
 
 class Subscriber:
@@ -385,6 +387,7 @@ class Hub:
 
     async def _read_forever(self) -> None:
         backoff = 0.1
+        lost_since = time.monotonic()
         while not self._stopping:
             try:
                 await self._read_until_lost()
@@ -393,12 +396,24 @@ class Hub:
             except (RedisError, OSError) as exc:
                 if self._stopping:
                     return
-                log.warning(
-                    "live connection to the store lost (%s); reconnecting, streams stay open",
-                    type(exc).__name__,
-                )
+                if self._connected.is_set():
+                    log.warning(
+                        "live connection to the store lost (%s); reconnecting, streams stay open",
+                        type(exc).__name__,
+                    )
+            now = time.monotonic()
             if self._connected.is_set():
                 backoff = 0.1  # it had been up: retry promptly
+                lost_since = now
+            elif now - lost_since > LIVE_GIVE_UP_S and self._all:
+                # Down too long to be a restart or a failover: let the clients resume by
+                # cursor (perhaps on a pod that can hear the store) instead of waiting here.
+                log.warning(
+                    "live connection down for over %d s; ending this pod's streams",
+                    LIVE_GIVE_UP_S,
+                )
+                self.end_all(STORE_LOST)
+                lost_since = now
             self._connected.clear()
             self._live = None
             # Streams stay open. Announcements made while we are away are not coming back

@@ -178,3 +178,23 @@ async def test_the_heartbeat_ping_is_answered_with_or_without_channels(
         assert all(message[0] != b"pong" for message in got)  # type: ignore[index]
     finally:
         live.close()
+
+
+async def test_streams_end_cleanly_when_the_store_stays_away(
+    aiohttp_client, proxy: Proxy, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart or failover is waited out; an outage longer than LIVE_GIVE_UP_S is not:
+    streams end at an event boundary so clients resume (perhaps on a pod that can hear)."""
+    import service.hub
+
+    monkeypatch.setattr(service.hub, "LIVE_GIVE_UP_S", 0.5)
+    async with AsyncBridge.from_url(redis_url, limits=LogLimits()) as bridge:
+        run = await bridge.open_run("p2", tenant="acme")
+        await run.set_phase("running")
+        _resp, reader = await open_stream(aiohttp_client, proxy, "p2")
+        await reader.until(lambda r: len(r.events) >= 2)
+        await wait_for_subscriber(proxy)
+        await proxy.stop()  # the store is gone for good, as far as this pod can tell
+        await reader.to_end(within=15)
+    assert reader.ended and reader.clean
+    assert [e.event for e in reader.events] == ["phase", "phase"]
