@@ -51,6 +51,7 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
             heartbeat_s=settings.heartbeat_s,
             stream_max_s=settings.stream_max_s,
             frames=FrameCache(settings.replay_cache_bytes),
+            node_urls=store.node_urls,
         )
         app[HUB] = hub
         await hub.start()

@@ -25,6 +25,7 @@ import itertools
 import logging
 import random
 import time
+from collections.abc import Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -163,9 +164,12 @@ class Hub:
         heartbeat_s: float,
         stream_max_s: float,
         frames: FrameCache | None = None,
+        node_urls: Callable[[], list[str]] | None = None,
     ) -> None:
         self.frames = frames if frames is not None else FrameCache(0)
         self._url = redis_url
+        # Where else the pub/sub connection may go (the other nodes of a cluster).
+        self._node_urls = node_urls
         self._reader = reader
         self._heartbeat_s = heartbeat_s
         self._stream_max_s = stream_max_s
@@ -428,8 +432,19 @@ class Hub:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
+    async def _open_live(self) -> LiveConnection:
+        """Connect to the configured node, else (on a cluster) to the first other that answers."""
+        urls = self._node_urls() if self._node_urls is not None else [self._url]
+        failure: Exception = RedisConnectionError("no node to connect to")
+        for url in urls:
+            try:
+                return await LiveConnection.open(url, self.on_messages)
+            except (RedisError, OSError) as exc:
+                failure = exc
+        raise failure
+
     async def _read_until_lost(self) -> None:
-        live = await LiveConnection.open(self._url, self.on_messages)
+        live = await self._open_live()
         self._live = live
         waiting = [
             feed.channel
