@@ -160,11 +160,12 @@ async def test_the_stream_stays_open_and_is_repaired_from_the_log(
 
 @pytest.mark.parametrize("subscribed", [False, True], ids=["idle", "subscribed"])
 async def test_the_heartbeat_ping_is_answered_with_or_without_channels(
-    redis_url: str, subscribed: bool
+    store_url: str, subscribed: bool
 ) -> None:
-    """Redis answers PING differently with and without a subscription; both count."""
+    """Redis answers PING differently with and without a subscription; both count (on the
+    embedded store too, else every heartbeat would reset its pub/sub connection)."""
     got: list[object] = []
-    live = await LiveConnection.open(redis_url, got.extend)
+    live = await LiveConnection.open(store_url, got.extend)
     try:
         if subscribed:
             live.subscribe(b"mantis-test-channel")
