@@ -306,12 +306,12 @@ def service_process(
 
 
 async def wait_service(service: ServiceProc, deadline_s: float = 30.0) -> None:
-    """Until /healthz answers 200 (listening and its store reachable)."""
+    """Until /readyz answers 200 (listening and its store reachable)."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if service.proc.poll() is not None:
             raise RuntimeError(f"service exited: {service.log_tail()}")
-        if await http_status(service.port, "/healthz") == 200:
+        if await http_status(service.port, "/readyz") == 200:
             return
         await asyncio.sleep(0.05)
     raise RuntimeError(f"service did not become healthy: {service.log_tail()}")

@@ -1,4 +1,10 @@
-"""``python -m service``: serve the API (``--demo`` also runs a demo worker and run)."""
+"""``python -m service``: serve the API (``--demo`` also runs a demo worker and run).
+
+SIGTERM drains: ``/readyz`` fails at once so the load balancer stops sending new clients,
+the pod keeps serving for ``MANTIS_DRAIN_S``, then ends every stream at an event boundary
+(clients resume elsewhere by cursor) and exits 0 within ``SHUTDOWN_GRACE_S`` more.
+SIGINT (Ctrl-C) skips the drain.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +22,18 @@ from runlog.logs import setup_logging
 from runlog.store_url import redact_url
 
 from .app import create_app
+from .appkeys import ADMISSION, HUB
 from .auth import TokenConfigError, TokenTable
 from .demo import demo_instructions, run_demo
 from .embedded import EmbeddedStore
+from .hub import DRAINED
 from .settings import Settings, SettingsError
 
 log = logging.getLogger("mantis.service")
+
+# After the drain, how long requests still in flight get before they are cancelled. The
+# systemd unit's TimeoutStopSec must exceed MANTIS_DRAIN_S plus this.
+SHUTDOWN_GRACE_S = 5.0
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,7 +66,9 @@ async def serve(settings: Settings, demo: bool) -> None:
     else:
         tokens, dev_token = TokenTable.dev()
     app = create_app(settings, tokens, redis_url)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
+    )
     await runner.setup()
     # Everything allocated so far lives as long as the process: keep it out of the
     # collector's scans, which otherwise show up as latency stalls under fan-out.
@@ -75,12 +89,28 @@ async def serve(settings: Settings, demo: bool) -> None:
         token_hint = dev_token if dev_token is not None else "$YOUR_TOKEN"
         print(demo_instructions(base, token_hint), flush=True)
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        if sig == signal.SIGTERM:
+            app[ADMISSION].start_draining()  # /readyz answers 503 from now on
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
     try:
         await stop.wait()
+        if received[:1] == [signal.SIGTERM] and settings.drain_s > 0:
+            log.info("SIGTERM: draining for %s s", settings.drain_s)
+            stop.clear()
+            # A second signal cuts the drain short.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.drain_s)
+        if HUB in app:
+            app[HUB].end_all(DRAINED)  # at an event boundary: clients resume elsewhere
     finally:
         if demo_task is not None:
             demo_task.cancel()
@@ -102,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    missing = settings.exposure_problems()
+    if missing:
+        print(
+            f"error: listening on {settings.host}, which is not a loopback address, needs "
+            f"{', '.join(missing)} (refusing to start without it)",
+            file=sys.stderr,
+        )
         return 2
     try:
         TokenTable.parse(settings.tenant_tokens) if settings.tenant_tokens else None

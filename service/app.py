@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .appkeys import HUB, LIFECYCLE, READER, SETTINGS, STORE, TICKETS, TOKENS
+from .admission import Admission
+from .appkeys import ADMISSION, HUB, LIFECYCLE, READER, SETTINGS, STORE, TICKETS, TOKENS
 from .auth import TokenTable
 from .cors import Cors
 from .errors import error_middleware
@@ -19,17 +20,20 @@ from .pages import add_dashboard
 from .predict import predict
 from .requestlog import install as install_request_log
 from .runs import cancel_run, get_run
+from .server_header import drop_server_header
 from .settings import Settings
 from .store import LogReader
 from .store_client import StoreClient
 from .tickets import ticket_book
-from .views import create_feed_ticket, create_ticket, health, run_events, tenant_events
+from .views import create_feed_ticket, create_ticket, health, ready, run_events, tenant_events
 
 
 def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Application:
     """Build the app; no I/O happens until it starts (see the cleanup contexts)."""
+    drop_server_header()
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
+    app[ADMISSION] = Admission(settings.tenant_max_streams)
     app[TOKENS] = tokens
     app[TICKETS] = ticket_book(settings, tokens)
     cors = Cors(settings.cors_origins)
@@ -47,19 +51,22 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
     install_request_log(app)
     configure_metrics(settings)
     add_dashboard(app)
+    app.router.add_get("/readyz", ready)
 
     async def redis_and_hub(app: web.Application) -> AsyncIterator[None]:
         # A bounded pool for reads plus one pub/sub connection: the pod's connection count
         # is fixed whatever the number of streams.
         store = StoreClient(redis_url, settings.redis_max_connections)
         app[STORE] = store
-        app[READER] = LogReader(store)
+        app[READER] = reader = LogReader(store)
         app[LIFECYCLE] = Lifecycle(store, settings)
         hub = Hub(
             redis_url,
+            reader=reader,
             heartbeat_s=settings.heartbeat_s,
             stream_max_s=settings.stream_max_s,
             frames=FrameCache(settings.replay_cache_bytes),
+            node_urls=store.node_urls,
         )
         app[HUB] = hub
         await hub.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .admission import Admission
 from .auth import TokenTable
 from .hub import Hub
 from .lifecycle import Lifecycle
@@ -27,3 +28,4 @@ SCRAPE_HOOKS = web.AppKey("scrape_hooks", list[ScrapeHook])
 REQUEST_ID = web.RequestKey("request_id", str)
 TENANT = web.RequestKey("tenant", str)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+ADMISSION = web.AppKey("admission", Admission)

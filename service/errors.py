@@ -83,6 +83,13 @@ class IdempotencyKeyReused(ApiError, ValueError):
 class NotSupported(ApiError, NotImplementedError):
     status = 501
     code = "not_supported"
+class TooManyStreams(ApiError):
+    status = 429
+    code = "too_many_streams"
+
+
+class InvalidHeader(ApiError, ValueError):
+    code = "invalid_header"
 
 
 class StoreUnavailable(ApiError, ConnectionError):
@@ -95,7 +102,7 @@ RETRY_AFTER_S = 2
 
 def error_response(status: int, code: str, message: str) -> web.Response:
     """The contract's error body ``{"error": {"code", "message"}}``."""
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
     return web.json_response(
         {"error": {"code": code, "message": message}}, status=status, headers=headers
     )
@@ -111,6 +118,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except UnicodeError:
+        # A header (or query) that is not valid UTF-8: aiohttp hands it over with
+        # surrogates, which fail the moment anything encodes them. The client's fault.
+        return error_response(400, InvalidHeader.code, "a header is not valid UTF-8")
     except (RedisConnectionError, RedisTimeoutError, ConnectionRefusedError) as exc:
         log.warning("store unreachable while serving %s: %s", request.path, type(exc).__name__)
         return error_response(503, "unavailable", "the event store cannot be reached; retry later")

@@ -9,6 +9,11 @@ command at all, whatever the number of its watchers. Announcements that arrive t
 
 Clients are ``Subscriber`` objects with no task or timer of their own: one ticker per
 pod sends the heartbeat and ends streams at their soft limit.
+
+When the pub/sub connection is lost (or stops answering the PING sent on it every
+heartbeat: a half-open socket), streams stay open: the hub reconnects, subscribes every
+feed again and, for each, reads from the log what was announced while it was away,
+holding back new announcements until that repair is done, then carries on.
 """
 
 from __future__ import annotations
@@ -20,17 +25,19 @@ import itertools
 import logging
 import random
 import time
+from collections.abc import Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from runlog.announce import decode
+from runlog.announce import Announcement, decode
 from runlog.keys import live_channel
 
 from . import metrics
 from .frame_cache import FrameCache
 from .live_connection import LiveConnection, Message
-from .sse import PING_CHUNK, chunk, encode_event
+from .sse import PING, PING_CHUNK, chunk, encode_event
+from .store import LogReader
 
 log = logging.getLogger("mantis.hub")
 
@@ -42,12 +49,29 @@ SLOW = "slow_client"
 SHUTDOWN = "shutdown"
 STORE_LOST = "store_lost"
 RESYNC = "resync"
+DRAINED = "drained"
+
+REPAIR_BATCH = 500
+REPAIR_ATTEMPTS = 4
+# A PING on the pub/sub connection unanswered this long means a half-open socket.
+PONG_TIMEOUT_S = 5.0
+# Streams wait this long for the pub/sub connection to come back, then end (clients resume).
+LIVE_GIVE_UP_S = 30.0
 
 
 class Subscriber:
     """One streaming client: where its bytes go and the last event number it was sent."""
 
-    __slots__ = ("backlog_limit", "deadline", "done", "feed", "last_n", "min_t", "transport")
+    __slots__ = (
+        "backlog_limit",
+        "chunked",
+        "deadline",
+        "done",
+        "feed",
+        "last_n",
+        "min_t",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -57,8 +81,12 @@ class Subscriber:
         min_t: int | None,
         deadline: float,
         backlog_limit: int,
+        chunked: bool = True,
     ) -> None:
         self.transport = transport
+        # HTTP/1.1 responses are chunked; an HTTP/1.0 one is delimited by closing, and
+        # gets the same frames without chunk framing.
+        self.chunked = chunked
         self.last_n = last_n
         self.min_t = min_t
         self.deadline = deadline
@@ -76,7 +104,7 @@ class Subscriber:
             self.done.set_result(reason)
 
     def send(self, data: bytes) -> bool:
-        """Write ready chunk bytes; cut the client if its unsent backlog passes the bound."""
+        """Write ready bytes (framed for this response); cut the client past the backlog bound."""
         transport = self.transport
         if transport.is_closing():
             self.finish(CLOSED)
@@ -104,8 +132,11 @@ class Feed:
         "appeared",
         "channel",
         "epoch",
+        "gen",
+        "held",
         "id_prefix",
         "last_n",
+        "lost",
         "ready",
         "run_id",
         "subscribers",
@@ -125,6 +156,12 @@ class Feed:
         self.last_n = 0
         self.ready: asyncio.Future[None] = loop.create_future()
         self.appeared: asyncio.Future[None] = loop.create_future()
+        # Not None while the feed is being repaired after a reconnect: announcements
+        # received meanwhile wait here, after what the repair reads from the log.
+        self.held: list[bytes] | None = None
+        self.gen = 0  # counts connection losses seen, so a stale repair knows it is stale
+        # The log this feed followed is gone (lost and re-created): nobody may go live on it.
+        self.lost = False
         if id_prefix is not None:
             self.know(id_prefix)
 
@@ -144,12 +181,17 @@ class Hub:
         self,
         redis_url: str,
         *,
+        reader: LogReader,
         heartbeat_s: float,
         stream_max_s: float,
         frames: FrameCache | None = None,
+        node_urls: Callable[[], list[str]] | None = None,
     ) -> None:
         self.frames = frames if frames is not None else FrameCache(0)
         self._url = redis_url
+        # Where else the pub/sub connection may go (the other nodes of a cluster).
+        self._node_urls = node_urls
+        self._reader = reader
         self._heartbeat_s = heartbeat_s
         self._stream_max_s = stream_max_s
         self._live: LiveConnection | None = None
@@ -158,6 +200,7 @@ class Hub:
         self._deadlines: list[tuple[float, int, Subscriber]] = []
         self._order = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
+        self._repairs: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
         self._stopping = False
 
@@ -176,11 +219,17 @@ class Hub:
         self._stopping = True
         if self._live is not None:
             self._live.close()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._repairs]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    @property
+    def connected(self) -> bool:
+        """Whether the pub/sub connection is up (and, as far as the last PING tells, alive)."""
+        return self._connected.is_set()
 
     @property
     def stream_count(self) -> int:
@@ -240,6 +289,9 @@ class Hub:
 
     def go_live(self, feed: Feed, sub: Subscriber) -> None:
         """Start live delivery to ``sub``; call with no await since its replay caught up."""
+        if feed.lost:
+            sub.finish(RESYNC)
+            return
         sub.feed = feed
         feed.subscribers.append(sub)
 
@@ -277,6 +329,9 @@ class Hub:
             if kind == b"message":
                 feed = feeds.get(message[1])
                 if feed is not None:
+                    if feed.held is not None:
+                        feed.held.append(message[2])
+                        continue
                     payloads = pending.get(feed)
                     if payloads is None:
                         pending[feed] = [message[2]]
@@ -284,22 +339,45 @@ class Hub:
                         payloads.append(message[2])
             elif kind == b"subscribe":
                 feed = feeds.get(message[1])
-                if feed is not None and not feed.ready.done():
+                if feed is None:
+                    continue
+                if not feed.ready.done():
                     feed.ready.set_result(None)
+                elif feed.held is not None:
+                    # Subscribed again after a reconnect: from here on nothing is missed;
+                    # what was announced before is read from the log.
+                    task = asyncio.create_task(self._repair(feed, feed.gen), name="hub-repair")
+                    self._repairs.add(task)
+                    task.add_done_callback(self._repairs.discard)
         for feed, payloads in pending.items():
             self.deliver(feed, payloads)
 
     def deliver(self, feed: Feed, payloads: list[bytes]) -> None:
         """Fan announced events out to the feed's live subscribers, encoded once each."""
+        announced: list[Announcement] = []
+        for payload in payloads:
+            try:
+                announced.append(decode(payload))
+            except ValueError:
+                # Anyone who can PUBLISH reaches this channel: drop what is not ours
+                # rather than let it reset the pod's connection (and every stream on it).
+                log.warning(
+                    "dropped a malformed announcement on %s (%d bytes)",
+                    feed.channel.decode(errors="replace"),
+                    len(payload),
+                )
+        self.deliver_events(feed, announced)
+
+    def deliver_events(self, feed: Feed, announced: list[Announcement]) -> None:
+        """Fan events (announced, or read from the log by a repair) out, encoded once each."""
         id_prefix = feed.id_prefix
         if id_prefix is None:
             # The log was just created: its waiting streams now read it from the store.
             if not feed.appeared.done():
                 feed.appeared.set_result(None)
             return
-        events: list[tuple[int, int, bytes, bool]] = []
-        for payload in payloads:
-            n, t, name, data = decode(payload)
+        events: list[tuple[int, int, bytes, bytes, bool]] = []
+        for n, t, name, data in announced:
             if n <= feed.last_n:
                 if n == 1:
                     # The log was lost and re-created: these clients' cursors belong to the
@@ -311,7 +389,7 @@ class Hub:
             event = encode_event(name, id_prefix + b"%010d" % n, data)
             is_terminal = name == b"terminal"
             self.frames.put(feed.run_id, feed.epoch, n, event, is_terminal)
-            events.append((n, t, chunk(event), is_terminal))
+            events.append((n, t, event, chunk(event), is_terminal))
         if not events:
             return
         sent = 0  # counted once per burst, not per client event
@@ -320,9 +398,10 @@ class Hub:
                 continue
             last = sub.last_n
             min_t = sub.min_t
+            chunked = sub.chunked
             parts: list[bytes] = []
             ending = ""
-            for n, t, frame, is_terminal in events:
+            for n, t, frame, framed, is_terminal in events:
                 if n <= last:
                     continue
                 if n != last + 1:
@@ -332,7 +411,7 @@ class Hub:
                     break
                 last = n
                 if min_t is None or t > min_t:
-                    parts.append(frame)
+                    parts.append(framed if chunked else frame)
                 if is_terminal:
                     ending = TERMINAL
                     break
@@ -346,6 +425,7 @@ class Hub:
 
     async def _read_forever(self) -> None:
         backoff = 0.1
+        lost_since = time.monotonic()
         while not self._stopping:
             try:
                 await self._read_until_lost()
@@ -354,32 +434,116 @@ class Hub:
             except (RedisError, OSError) as exc:
                 if self._stopping:
                     return
-                log.warning(
-                    "live connection to the store lost (%s); streams will resume",
-                    type(exc).__name__,
-                )
+                if self._connected.is_set():
+                    log.warning(
+                        "live connection to the store lost (%s); reconnecting, streams stay open",
+                        type(exc).__name__,
+                    )
+            now = time.monotonic()
             if self._connected.is_set():
                 backoff = 0.1  # it had been up: retry promptly
                 metrics.count_reconnect()
+                lost_since = now
+            elif now - lost_since > LIVE_GIVE_UP_S and self._all:
+                # Down too long to be a restart or a failover: let the clients resume by
+                # cursor (perhaps on a pod that can hear the store) instead of waiting here.
+                log.warning(
+                    "live connection down for over %d s; ending this pod's streams",
+                    LIVE_GIVE_UP_S,
+                )
+                self.end_all(STORE_LOST)
+                lost_since = now
             self._connected.clear()
             self._live = None
-            # Events announced while we were away are not coming back on this channel:
-            # every stream ends at an event boundary and resumes by cursor from the log.
-            self.end_all(STORE_LOST)
-            for feed in self._feeds.values():
+            # Streams stay open. Announcements made while we are away are not coming back
+            # on the channel: each feed is repaired from the log once subscribed again.
+            for feed in list(self._feeds.values()):
                 if not feed.ready.done():
                     feed.ready.set_exception(RedisConnectionError("live connection lost"))
                     feed.ready.exception()  # its waiter, if any, sees it; no "never retrieved"
-            self._feeds.clear()
+                else:
+                    feed.held = []
+                    feed.gen += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
+    async def _open_live(self) -> LiveConnection:
+        """Connect to the configured node, else (on a cluster) to the first other that answers."""
+        urls = self._node_urls() if self._node_urls is not None else [self._url]
+        failure: Exception = RedisConnectionError("no node to connect to")
+        for url in urls:
+            try:
+                return await LiveConnection.open(url, self.on_messages)
+            except (RedisError, OSError) as exc:
+                failure = exc
+        raise failure
+
     async def _read_until_lost(self) -> None:
-        live = await LiveConnection.open(self._url, self.on_messages)
+        live = await self._open_live()
         self._live = live
+        waiting = [
+            feed.channel
+            for feed in self._feeds.values()
+            if feed.ready.done() and feed.ready.exception() is None
+        ]
+        if waiting:
+            live.subscribe(*waiting)
         self._connected.set()
         reason = await live.wait_closed()
         raise RedisConnectionError("live connection closed") from reason
+
+    async def _repair(self, feed: Feed, gen: int) -> None:
+        """Deliver what ``feed`` missed while disconnected (from the log), then what it held."""
+        for attempt in range(REPAIR_ATTEMPTS):
+            try:
+                await self._read_missed(feed)
+                break
+            except (RedisError, OSError) as exc:
+                if feed.gen != gen:
+                    return  # lost again meanwhile: the next reconnect repairs it
+                if attempt + 1 < REPAIR_ATTEMPTS:
+                    # Pooled connections from before the outage fail once, then are replaced.
+                    await asyncio.sleep(0.1 * 2**attempt)
+                    continue
+                log.warning("could not repair a feed from the log (%s)", type(exc).__name__)
+                # Its clients resume by cursor from the log themselves.
+                for sub in list(feed.subscribers):
+                    sub.finish(STORE_LOST)
+        if feed.gen != gen or feed.lost:
+            return  # lost again meanwhile: the next reconnect's repair hands over
+        held, feed.held = feed.held, None
+        if held:
+            self.deliver(feed, held)
+
+    async def _read_missed(self, feed: Feed) -> None:
+        start = feed.last_n
+        if feed.subscribers:
+            start = max(start, min(sub.last_n for sub in feed.subscribers))
+        state = await self._reader.state(feed.run_id)
+        if feed.id_prefix is None:
+            # A log nobody had seen yet (a tenant feed before its first run): if it was
+            # created meanwhile, its waiting streams now read it from the store.
+            if state is not None:
+                feed.know(state.id_prefix)
+            return
+        if state is None or state.epoch != feed.epoch:
+            # The log was lost (and perhaps re-created) meanwhile: these cursors belong to
+            # the old one; the clients reconnect and get a gap event (or a 404).
+            feed.lost = True
+            feed.held = None
+            for sub in list(feed.subscribers):
+                sub.finish(RESYNC)
+            self._drop_feed(feed)
+            return
+        after = start
+        while True:
+            entries = await self._reader.after(feed.run_id, after, REPAIR_BATCH)
+            if not entries:
+                return
+            after = entries[-1].n
+            self.deliver_events(feed, [Announcement(e.n, e.t, e.name, e.data) for e in entries])
+            if len(entries) < REPAIR_BATCH:
+                return
 
     # -- the ticker ------------------------------------------------------------------
 
@@ -390,9 +554,11 @@ class Hub:
             await asyncio.sleep(tick)
             now = time.monotonic()
             self._expire(now)
-            if now >= next_ping:
+            ping_due = now >= next_ping
+            if ping_due:
                 next_ping = now + self._heartbeat_s
                 self._ping_all()
+            self._check_live(now, ping_due)
 
     def _expire(self, now: float) -> None:
         heap = self._deadlines
@@ -403,4 +569,19 @@ class Hub:
     def _ping_all(self) -> None:
         for sub in list(self._all):
             if not sub.finished:
-                sub.send(PING_CHUNK)
+                sub.send(PING_CHUNK if sub.chunked else PING)
+
+    def _check_live(self, now: float, ping_due: bool) -> None:
+        """PING the pub/sub connection each heartbeat; one that leaves a PING unanswered
+        for ``PONG_TIMEOUT_S`` (or a heartbeat, if shorter) is dead: drop it, reconnect."""
+        live = self._live
+        if live is None or not self._connected.is_set():
+            return
+        sent_at = live.ping_sent_at
+        if sent_at is not None and now - sent_at > min(PONG_TIMEOUT_S, self._heartbeat_s):
+            log.warning("live connection left a PING unanswered; reconnecting")
+            live.abort()
+            return
+        if ping_due:
+            with contextlib.suppress(RedisConnectionError):  # closing: the reader reconnects
+                live.ping(now)

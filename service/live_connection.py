@@ -4,7 +4,9 @@ redis-py's PubSub costs a coroutine, a retry wrapper and a timeout per message; 
 that was the hub's largest cost. Here an asyncio protocol feeds every received chunk to a
 hiredis reader and hands all the messages it holds to the hub in one call, so a burst of
 announcements costs one wake-up and lets the hub write each client once per burst.
-Commands are packed by hand: SUBSCRIBE, UNSUBSCRIBE and AUTH are all it sends.
+Commands are packed by hand: SUBSCRIBE, UNSUBSCRIBE, PING and AUTH are all it sends. The
+PING (every heartbeat) is what tells a half-open socket from a quiet one: TCP keepalive
+alone takes minutes.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self.auth_reply: asyncio.Future[Any] | None = None
+        # When the PING now outstanding was sent (monotonic), None when none is.
+        self.ping_sent_at: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -60,7 +64,13 @@ class _Protocol(asyncio.Protocol):
                 self.auth_reply.set_result(reply)
                 continue
             if isinstance(reply, list):
+                if reply and reply[0] == b"pong":
+                    self.ping_sent_at = None
+                    continue
                 batch.append(reply)
+            elif reply == b"PONG":
+                # With no channel subscribed, Redis answers PING as it does outside pub/sub.
+                self.ping_sent_at = None
             elif isinstance(reply, hiredis.ReplyError):
                 self._fail(RedisConnectionError(f"pub/sub connection refused: {reply}"))
                 return
@@ -136,6 +146,23 @@ class LiveConnection:
 
     def unsubscribe(self, *channels: bytes) -> None:
         self._send(pack("UNSUBSCRIBE", *channels))
+
+    def ping(self, now: float) -> None:
+        """Send a PING (``now``: the monotonic time), unless one is still unanswered."""
+        if self._protocol.ping_sent_at is None:
+            self._send(pack("PING"))
+            self._protocol.ping_sent_at = now
+
+    @property
+    def ping_sent_at(self) -> float | None:
+        """When the unanswered PING was sent; None when every PING has been answered."""
+        return self._protocol.ping_sent_at
+
+    def abort(self) -> None:
+        """Drop the connection now (no goodbye: the peer may not be there to hear it)."""
+        transport = self._protocol.transport
+        if transport is not None:
+            transport.abort()
 
     async def wait_closed(self) -> Exception | None:
         """Wait until the connection is lost; returns why."""

@@ -90,6 +90,14 @@ SCHEMAS: dict[str, Any] = {
             "done": {"type": "boolean"},
         },
     },
+    "Ready": {
+        "type": "object",
+        "required": ["ready"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "reason": {"type": "string", "description": "why not: draining, or the store"},
+        },
+    },
     "FeedPage": {
         "type": "object",
         "required": ["tenant", "events", "next_cursor", "done"],
@@ -463,8 +471,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ),
     ("GET", "/readyz"): _op(
         "Readiness: 200 when the store answers and the pod is not draining",
-        {200: _json("Ready", _ref("Health"))},
-        errors=(503,),
+        {200: _json("Ready", _ref("Ready")),
+         503: _json("Not ready: draining, or the store does not answer", _ref("Ready"))},
         secured=False,
         tags=["operations"],
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -14,7 +15,14 @@ class SettingsError(ValueError):
     """An environment variable with a value the service cannot use; names the variable."""
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool = False) -> float:
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    integer: bool = False,
+    zero_ok: bool = False,
+) -> float:
     raw = env.get(name, "")
     if raw == "":
         return default
@@ -23,8 +31,9 @@ def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool 
     except ValueError:
         kind = "an integer" if integer else "a number"
         raise SettingsError(f"{name} must be {kind}, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
+    if value < 0 or (value == 0 and not zero_ok):
+        floor = "0 or more" if zero_ok else "greater than 0"
+        raise SettingsError(f"{name} must be {floor}, got {raw!r}")
     return value
 
 
@@ -64,6 +73,10 @@ class Settings:
     ticket_secret: str | None = field(default=None, repr=False)
     redis_max_connections: int = 16
     replay_cache_bytes: int = 64 * 1024 * 1024
+    drain_s: float = 5.0
+    tenant_max_streams: int = 1000
+    page_max_bytes: int = 8 * 1024 * 1024
+    replay_batch_bytes: int = 1024 * 1024
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Metrics: this pod's name (label of mantis_streams_open) and tenant -> class label.
     pod_name: str = ""
@@ -105,4 +118,39 @@ class Settings:
             ),
             pod_name=env.get("MANTIS_POD_NAME") or socket.gethostname(),
             metrics_tenant_classes=_pairs(env, "MANTIS_METRICS_TENANT_CLASSES"),
+            drain_s=_number(env, "MANTIS_DRAIN_S", 5.0, zero_ok=True),
+            tenant_max_streams=int(
+                _number(env, "MANTIS_TENANT_MAX_STREAMS", 1000, integer=True)
+            ),
+            page_max_bytes=int(
+                _number(env, "MANTIS_PAGE_MAX_BYTES", 8 * 1024 * 1024, integer=True)
+            ),
+            replay_batch_bytes=int(
+                _number(env, "MANTIS_REPLAY_BATCH_BYTES", 1024 * 1024, integer=True)
+            ),
         )
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the service listens on a loopback address only (a developer's machine)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name: it may well resolve to a public address
+
+    def exposure_problems(self) -> list[str]:
+        """The variables a pod listening beyond loopback must have and lacks (fail closed).
+
+        Without them such a pod would run on an in-memory store, with a dev token printed
+        to its log, or with ticket keys no other pod shares.
+        """
+        if self.loopback_only:
+            return []
+        required = (
+            ("MANTIS_REDIS_URL", self.redis_url),
+            ("MANTIS_TENANT_TOKENS", self.tenant_tokens),
+            ("MANTIS_TICKET_SECRET", self.ticket_secret),
+        )
+        return [name for name, value in required if not value]

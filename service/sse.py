@@ -6,6 +6,8 @@ event to a client is one ``transport.write`` of shared bytes.
 
 from __future__ import annotations
 
+import contextlib
+import random
 import re
 from typing import Any
 
@@ -55,6 +57,15 @@ def chunk(payload: bytes) -> bytes:
 
 
 PING_CHUNK = chunk(PING)
+UNAVAILABLE = b": unavailable\n\n"
+# An EventSource told to come back later waits this long, give or take half, so that the
+# clients of a pod that went away do not all come back in the same instant.
+RETRY_LATER_MS = 2000
+
+
+def retry_later_ms() -> int:
+    """A jittered reconnect delay for a stream turned away: 1 to 3 s."""
+    return int(RETRY_LATER_MS * (0.5 + random.random()))
 
 
 class EventStreamResponse(EventSourceResponse):
@@ -83,3 +94,25 @@ def event_json(name: str, event_id: str | None, data: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         decoded = data.decode("utf-8", "replace")
     return {"event": name, "id": event_id, "data": decoded}
+
+
+def wants_stream(request: web.BaseRequest) -> bool:
+    """``sse=true`` or ``Accept: text/event-stream`` asks for a stream (else a JSON page)."""
+    if request.query.get("sse", "").lower() in ("1", "true", "yes"):
+        return True
+    return "text/event-stream" in request.headers.get("Accept", "")
+
+
+async def retry_later(request: web.BaseRequest) -> web.StreamResponse:
+    """A stream that cannot be served now: ``200`` with a jittered ``retry:``, then the end.
+
+    A browser's EventSource reconnects after ``retry`` ms; any 5xx would make it give up
+    for good.
+    """
+    response = EventStreamResponse()
+    response.headers["Retry-After"] = "2"
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionError):
+        await response.write(b"retry: %d\n\n%s" % (retry_later_ms(), UNAVAILABLE))
+        await response.write_eof()
+    return response

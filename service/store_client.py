@@ -9,8 +9,9 @@ first request, and again by the next one for as long as the store cannot be reac
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit, urlunsplit
 
-from runlog.connect import AsyncClient, async_client
+from runlog.connect import AsyncClient, async_client, is_cluster
 
 
 class StoreClient:
@@ -38,3 +39,24 @@ class StoreClient:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    def node_urls(self) -> list[str]:
+        """Where the pub/sub connection may go: the configured URL first, then, on a Redis
+        Cluster, every other known node with the same scheme and credentials.
+
+        Classic pub/sub messages reach every node of a cluster, so when the configured node
+        fails over (or dies) the pod keeps hearing announcements through another one.
+        """
+        urls = [self._url]
+        client = self._client
+        if client is None or not is_cluster(client):
+            return urls
+        parts = urlsplit(self._url)
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        for node in client.get_nodes():  # type: ignore[union-attr]
+            host = f"[{node.host}]" if ":" in node.host else node.host
+            netloc = f"{userinfo}{at}{host}:{node.port}"
+            url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+            if url not in urls:
+                urls.append(url)
+        return urls

@@ -9,9 +9,12 @@ tenant token) asks ``POST /v1/runs/{run_id}/tickets`` for a ticket and hands the
 The MAC covers the version, the payload and the ticket's scope: the run id (which the URL
 carries, so the ticket does not repeat it), or ``FEED_SCOPE`` for a ticket to the tenant's
 feed (``POST /v1/events/tickets``, read as ``/v1/events?ticket=...``). No run id contains a
-``:``, so the two kinds can never stand for each other. The key is ``MANTIS_TICKET_SECRET``
-when set, else derived from the tenant token digests, so pods configured with the same
-``MANTIS_TENANT_TOKENS`` agree (in any order, tokens in clear or as ``sha256:``).
+``:``, so the two kinds can never stand for each other. The key is derived from
+``MANTIS_TICKET_SECRET``, which every pod of a deployment shares. Without it (allowed on
+loopback only) the key is random, made per process: tickets then work on that one process
+until it restarts. The key is never derived from the tenant tokens: anyone who learnt a
+token digest (a config file, a ``sha256:`` value in a ticket, a log) could then mint
+tickets for every tenant.
 
 Lifetime: a *fresh* connection needs an unexpired ticket (``MANTIS_TICKET_TTL_S``). An
 ``EventSource`` reconnects with the same URL, adding ``Last-Event-ID``; such a resuming
@@ -27,6 +30,8 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,6 +43,8 @@ import orjson
 if TYPE_CHECKING:
     from .auth import TokenTable
     from .settings import Settings
+
+log = logging.getLogger("mantis.tickets")
 
 VERSION = "v1"
 _KEY_LABEL = b"mantis-ticket-key-v1\0"
@@ -80,17 +87,16 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def derive_key(secret: str | None, token_digests: Iterable[tuple[str, bytes]]) -> bytes:
-    """The MAC key: from ``secret`` when given, else from the (tenant, token digest) pairs.
+def derive_key(secret: str) -> bytes:
+    """The MAC key from the deployment's shared ``MANTIS_TICKET_SECRET``."""
+    if not secret:
+        raise ValueError("a ticket secret must not be empty")
+    return hashlib.sha256(_KEY_LABEL + b"secret\0" + secret.encode()).digest()
 
-    The pairs are sorted so pods agree whatever the order of MANTIS_TENANT_TOKENS.
-    """
-    if secret:
-        return hashlib.sha256(_KEY_LABEL + b"secret\0" + secret.encode()).digest()
-    material = b"".join(
-        tenant.encode() + b"\0" + token_digest for tenant, token_digest in sorted(token_digests)
-    )
-    return hashlib.sha256(_KEY_LABEL + b"tokens\0" + material).digest()
+
+def process_key() -> bytes:
+    """A random key for this process alone (no MANTIS_TICKET_SECRET, loopback only)."""
+    return secrets.token_bytes(32)
 
 
 class TicketBook:
@@ -180,9 +186,17 @@ class TicketBook:
 
 
 def ticket_book(settings: Settings, tokens: TokenTable) -> TicketBook:
-    """The deployment's book: MANTIS_TICKET_SECRET, else the token digests, as the key."""
+    """The deployment's book: keyed by MANTIS_TICKET_SECRET, else by a random process key."""
+    if settings.ticket_secret:
+        key = derive_key(settings.ticket_secret)
+    else:
+        key = process_key()
+        log.warning(
+            "MANTIS_TICKET_SECRET is not set: tickets are signed with a random key of this "
+            "process and will not verify on another pod or after a restart"
+        )
     return TicketBook(
-        derive_key(settings.ticket_secret, tokens.entries),
+        key,
         tenants=(tenant for tenant, _ in tokens.entries),
         ttl_s=settings.ticket_ttl_s,
         max_life_s=settings.ticket_max_life_s,

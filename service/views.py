@@ -5,33 +5,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from redis.exceptions import RedisError
 
 from runlog.ids import Cursor, TimeCursor, format_event_id, is_valid_run_id, parse_cursor
 from runlog.keys import feed_name
 
 from . import metrics
-from .appkeys import HUB, READER, SETTINGS, TICKETS, TOKENS
+from .appkeys import ADMISSION, HUB, READER, SETTINGS, TICKETS, TOKENS
 from .errors import (
     InvalidCursor,
     InvalidLimit,
     InvalidRunId,
     RunNotFound,
-    StoreUnavailable,
+    TooManyStreams,
     Unauthorized,
 )
 from .hub import RESYNC, STORE_LOST, Feed, Subscriber
 from .requestlog import note_tenant
 from .resume import ResumePlan, plan_resume
-from .sse import RETRY, EventStreamResponse, event_json, gap_frame
-from .store import LogReader, RunState
-from .stream import replay_then_live
+from .sse import RETRY, EventStreamResponse, event_json, gap_frame, retry_later, wants_stream
+from .store import Entry, LogReader, RunState
+from .stream import BatchSizer, replay_then_live, trimmed_gap
 from .tickets import ExpiredTicket, InvalidTicket
+
+# What a request meets when the store is away (the middleware maps these to 503 for JSON).
+STORE_DOWN = (RedisError, OSError, TimeoutError)
 
 PAGE_DEFAULT = 1000
 PAGE_MAX = 10_000
@@ -92,12 +95,6 @@ def cursor_of(request: web.Request) -> Cursor:
         raise InvalidCursor(str(exc)) from None
 
 
-def wants_stream(request: web.Request) -> bool:
-    if request.query.get("sse", "").lower() in ("1", "true", "yes"):
-        return True
-    return "text/event-stream" in request.headers.get("Accept", "")
-
-
 def page_limit_of(request: web.Request) -> int | None:
     """None for a stream, else the JSON page's ``limit``."""
     return None if wants_stream(request) else page_limit(request)
@@ -153,8 +150,12 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     run_id = run_id_of(request)
     cursor = cursor_of(request)
     limit = page_limit_of(request)
-    state = await load_run(request, run_id, tenant)
-    return await serve_log(request, LogView.run(run_id), state, cursor, limit)
+    view = LogView.run(run_id)
+
+    async def load() -> RunState:
+        return await load_run(request, run_id, tenant)
+
+    return await serve_log(request, view, tenant, load, cursor, limit)
 
 
 async def tenant_events(request: web.Request) -> web.StreamResponse:
@@ -167,34 +168,52 @@ async def tenant_events(request: web.Request) -> web.StreamResponse:
     cursor = cursor_of(request)
     limit = page_limit_of(request)
     view = LogView.feed(tenant)
-    state = await request.app[READER].state(view.name)
-    return await serve_log(request, view, state, cursor, limit)
+
+    async def load() -> RunState | None:
+        return await request.app[READER].state(view.name)
+
+    return await serve_log(request, view, tenant, load, cursor, limit)
 
 
 async def serve_log(
     request: web.Request,
     view: LogView,
-    state: RunState | None,
+    tenant: str,
+    load: Callable[[], Awaitable[RunState | None]],
     cursor: Cursor,
     limit: int | None,
 ) -> web.StreamResponse:
     """One log after ``cursor``: a stream (``limit`` None) or a JSON page of ``limit``.
 
-    ``state`` None: the log does not exist yet (only a tenant feed can be served so).
+    ``load`` reads the log's state; None: the log does not exist yet (only a tenant feed
+    can be served so). A stream that cannot be served now (pod draining, store away)
+    answers so that the client's EventSource retries; a JSON page answers 503.
     """
-    if limit is None:
-        return await stream_events(request, view, state, cursor)
-    if state is None:
+    if limit is not None:
+        state = await load()
+        if state is None:
+            return web.json_response(
+                {
+                    **view.page_head(None),
+                    "events": [],
+                    "next_cursor": cursor.raw if cursor is not None else "",
+                    "done": False,
+                }
+            )
         return web.json_response(
-            {
-                **view.page_head(None),
-                "events": [],
-                "next_cursor": cursor.raw if cursor is not None else "",
-                "done": False,
-            }
+            await page(request, view, state, await resolve(request, state, cursor), limit)
         )
-    plan = await resolve(request, state, cursor)
-    return web.json_response(await page(request, view, state, plan, limit))
+    if request.app[ADMISSION].draining:
+        # This pod is going away: the client's EventSource retries (on another pod).
+        return await retry_later(request)
+    plan: ResumePlan | None = None
+    try:
+        state = await load()
+        if state is not None:
+            plan = await resolve(request, state, cursor)
+    except STORE_DOWN:
+        return await retry_later(request)
+    return await stream_events(request, view, tenant, state, plan, cursor)
 
 
 async def create_ticket(request: web.Request) -> web.Response:
@@ -225,28 +244,40 @@ def _ticket_response(body: dict[str, Any]) -> web.Response:
 
 
 async def stream_events(
-    request: web.Request, view: LogView, state: RunState | None, cursor: Cursor
+    request: web.Request,
+    view: LogView,
+    tenant: str,
+    state: RunState | None,
+    plan: ResumePlan | None,
+    cursor: Cursor,
 ) -> web.StreamResponse:
-    plan = None
-    if state is not None:
-        plan = await resolve(request, state, cursor)
-        if plan.finished:
-            # 204 is what makes a browser's EventSource stop reconnecting for good.
-            return web.Response(status=204, headers={"Cache-Control": "no-cache"})
-    hub = request.app[HUB]
-    feed: Feed | None = None
-    if state is None or state.terminal_n is None:
-        # Subscribed (and confirmed) before the response starts: a pod that cannot hear
-        # live events answers 503 instead of a stream that would never move.
-        try:
-            feed = await hub.watch(view.name, state.id_prefix if state is not None else None)
-        except (TimeoutError, RedisError) as exc:
-            raise StoreUnavailable("live events cannot be reached; retry later") from exc
+    if plan is not None and plan.finished:
+        # 204 is what makes a browser's EventSource stop reconnecting for good.
+        return web.Response(status=204, headers={"Cache-Control": "no-cache"})
+    admission = request.app[ADMISSION]
+    if not admission.open_stream(tenant):
+        raise TooManyStreams(
+            f"this tenant already has {admission.tenant_max_streams} open streams here; "
+            "retry later"
+        )
     try:
-        return await _stream(request, view, state, plan, cursor, feed)
+        hub = request.app[HUB]
+        feed: Feed | None = None
+        if state is None or state.terminal_n is None:
+            # Subscribed (and confirmed) before the response starts: a pod that cannot
+            # hear live events tells the client to retry instead of a stream that would
+            # never move.
+            try:
+                feed = await hub.watch(view.name, state.id_prefix if state is not None else None)
+            except STORE_DOWN:
+                return await retry_later(request)
+        try:
+            return await _stream(request, view, state, plan, cursor, feed)
+        finally:
+            if feed is not None:
+                hub.unwatch(feed)
     finally:
-        if feed is not None:
-            hub.unwatch(feed)
+        admission.close_stream(tenant)
 
 
 async def _stream(
@@ -270,6 +301,8 @@ async def _stream(
         min_t=plan.min_t if plan is not None else None,
         deadline=hub.deadline(),
         backlog_limit=settings.client_backlog_bytes,
+        # An HTTP/1.0 response is not chunked (it ends when the connection closes).
+        chunked=request.version >= HttpVersion11,
     )
     hub.track(sub)
     resumed = bool(request.headers.get("Last-Event-ID") or request.query.get("since"))
@@ -277,21 +310,36 @@ async def _stream(
     meter = metrics.StreamMeter(view.name, owner, resumed=resumed)
     try:
         head = RETRY
-        if state is None and feed is not None:
-            await response.write(head)
-            head = b""
-            state = await wait_for_log(request.app[READER], view, feed, sub)
-        if state is not None:
-            if plan is None:
-                plan = await resolve(request, state, cursor)
-                sub.last_n, sub.min_t = plan.after_n, plan.min_t
-            gap = plan.gap_data(view.labels)
-            if gap is not None:
-                head += gap_frame(gap)
-                metrics.count_gap()
-            if head:
+        try:
+            if state is None and feed is not None:
                 await response.write(head)
-            await replay_then_live(hub, request.app[READER], state, plan, sub, response.write, feed)
+                head = b""
+                state = await wait_for_log(request.app[READER], view, feed, sub)
+            if state is not None:
+                if plan is None:
+                    plan = await resolve(request, state, cursor)
+                    sub.last_n, sub.min_t = plan.after_n, plan.min_t
+                gap = plan.gap_data(view.labels)
+                if gap is not None:
+                    head += gap_frame(gap)
+                    metrics.count_gap()
+                if head:
+                    await response.write(head)
+                await replay_then_live(
+                    hub,
+                    request.app[READER],
+                    state,
+                    plan,
+                    sub,
+                    response.write,
+                    feed,
+                    batch_bytes=settings.replay_batch_bytes,
+                    labels=view.labels,
+                )
+        except STORE_DOWN:
+            # The store went away mid-replay (or the client did): end at an event
+            # boundary; the client resumes by cursor.
+            sub.finish(STORE_LOST)
         await sub.done
     finally:
         hub.release(sub)
@@ -345,8 +393,13 @@ def page_limit(request: web.Request) -> int:
 async def page(
     request: web.Request, view: LogView, state: RunState, plan: ResumePlan, limit: int
 ) -> dict[str, Any]:
-    """Up to ``limit`` events after the cursor, as the JSON page of the contract."""
+    """Up to ``limit`` events after the cursor, as the JSON page of the contract.
+
+    The page also stops before its event data passes ``MANTIS_PAGE_MAX_BYTES``, though it
+    always holds at least one event; ``next_cursor`` then continues from the last one.
+    """
     reader = request.app[READER]
+    budget = request.app[SETTINGS].page_max_bytes
     events: list[dict[str, Any]] = []
     gap = plan.gap_data(view.labels)
     if gap is not None:
@@ -355,14 +408,27 @@ async def page(
     after = plan.after_n
     done = plan.finished
     wanted = limit
-    while not done and wanted > 0:
-        entries = await reader.after(state.run_id, after, wanted)
+    used = 0
+    sizer = BatchSizer(budget, ceiling=limit)
+    full = False
+    while not done and not full and wanted > 0:
+        entries: list[Entry] = await reader.after(state.run_id, after, min(wanted, sizer.count))
         if not entries:
             break
+        sizer.saw(entries)
+        trimmed = trimmed_gap(view.labels, state, after, entries[0])
+        if trimmed is not None:
+            # Trimmed since the cursor was checked (a run at its length cap): say so.
+            events.append({"event": "gap", "id": None, "data": trimmed})
         for entry in entries:
-            after = entry.n
             if plan.min_t is not None and entry.t <= plan.min_t:
+                after = entry.n
                 continue
+            if used + len(entry.data) > budget and wanted < limit:
+                full = True  # the next page starts with this event
+                break
+            after = entry.n
+            used += len(entry.data)
             event_id = format_event_id(state.epoch, entry.n)
             events.append(event_json(entry.name.decode(), event_id, entry.data))
             wanted -= 1
@@ -381,7 +447,25 @@ async def page(
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness plus a few gauges; no secret, no store URL."""
+    """Liveness: the process serves. Never touches the store (a store outage must not get
+    every pod restarted); a few gauges, no secret, no store URL."""
     hub = request.app[HUB]
-    await asyncio.wait_for(request.app[READER].ping(), timeout=2)
-    return web.json_response({"ok": True, "streams": hub.stream_count, "runs": hub.feed_count})
+    return web.json_response(
+        {
+            "ok": True,
+            "draining": request.app[ADMISSION].draining,
+            "streams": hub.stream_count,
+            "runs": hub.feed_count,
+        }
+    )
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: 200 when the store answers and the pod is not draining, else 503."""
+    if request.app[ADMISSION].draining:
+        return web.json_response({"ready": False, "reason": "draining"}, status=503)
+    try:
+        await asyncio.wait_for(request.app[READER].ping(), timeout=2)
+    except STORE_DOWN:
+        return web.json_response({"ready": False, "reason": "store_unreachable"}, status=503)
+    return web.json_response({"ready": True})

@@ -151,6 +151,8 @@ def spawn_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
             MANTIS_HOST="127.0.0.1",
             MANTIS_TENANT_TOKENS=TOKEN_SPEC,
             MANTIS_STATE_DIR=str(tmp_path / "state"),
+            # No drain window unless a test asks for one: teardown's SIGTERM ends at once.
+            MANTIS_DRAIN_S="0",
         )
         env.update(env_overrides)  # may replace the defaults above (MANTIS_TENANT_TOKENS)
         if redis_url:

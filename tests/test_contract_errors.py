@@ -4,6 +4,7 @@ and no secret in any response or log line."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -190,6 +191,19 @@ async def check_503(resp: Any) -> None:
     assert "127.0.0.1" not in str(body), "the store's address is not the client's business"
 
 
+async def check_unavailable(resp: Any, mode: str) -> None:
+    """JSON: 503 + Retry-After. A stream (v2): 200 with a jittered retry, so browsers retry."""
+    if mode != "stream":
+        await check_503(resp)
+        return
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    body = (await resp.read()).decode()
+    match = re.fullmatch(r"retry: (\d+)\n\n: unavailable\n\n", body)
+    assert match is not None, body
+    assert 1000 <= int(match.group(1)) <= 3000
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_503_with_retry_after_when_the_store_goes_away(
     aiohttp_client: Any, mode: str, caplog: pytest.LogCaptureFixture
@@ -211,7 +225,7 @@ async def test_503_with_retry_after_when_the_store_goes_away(
         proc.terminate()
         proc.wait(timeout=10)
         resp = await client.get(PAGE.format(run_id="r1"), params=MODES[mode], headers=headers)
-        await check_503(resp)
+        await check_unavailable(resp, mode)
     logged = logged_text(caplog)
     assert STORE_PASSWORD not in logged
     assert all(token not in logged for token in TOKENS.values())
@@ -232,7 +246,7 @@ async def test_503_with_retry_after_when_the_store_is_unreachable_from_the_start
     resp = await client.get(
         PAGE.format(run_id="r1"), params=MODES[mode], headers={"X-Mantis-Token": TOKENS["acme"]}
     )
-    await check_503(resp)
+    await check_unavailable(resp, mode)
     # Authentication still comes first.
     await error_of(await client.get(SSE.format(run_id="r1")), 401, "unauthorized")
     logged = logged_text(caplog)

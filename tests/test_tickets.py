@@ -12,14 +12,13 @@ import orjson
 import pytest
 
 from runner_bridge import Bridge
-from service.auth import TokenTable
 from service.settings import Settings
 from service.tickets import ExpiredTicket, InvalidTicket, TicketBook, derive_key
 
-from .conftest import TOKEN_SPEC, TOKENS
+from .conftest import TOKENS
 
 T0 = 1_750_000_000.0
-KEY = derive_key(None, TokenTable.parse(TOKEN_SPEC).entries)
+KEY = derive_key("test-ticket-secret")
 
 
 def book(*, ttl_s: float = 300, max_life_s: float = 43_200, key: bytes = KEY) -> TicketBook:
@@ -99,19 +98,12 @@ def test_a_tenant_no_longer_configured_is_refused() -> None:
         book().verify(wider.issue("gone", "r1").token, "r1")
 
 
-def test_pods_with_the_same_tokens_derive_the_same_key() -> None:
-    clear = TokenTable.parse("acme=a-token,other=o-token")
-    hashed = TokenTable.parse(
-        "other=sha256:" + TokenTable.parse("x=o-token").entries[0][1].hex() + ",acme=a-token"
-    )
-    assert derive_key(None, clear.entries) == derive_key(None, hashed.entries)
-    assert derive_key(None, clear.entries) != derive_key(
-        None, TokenTable.parse("acme=a-token,other=changed").entries
-    )
-    # An explicit secret wins over the tokens: pods agree whatever their token lists.
-    assert derive_key("s3cret", clear.entries) == derive_key("s3cret", ())
-    assert derive_key("s3cret", ()) != derive_key("other", ())
-    assert derive_key("s3cret", ()) != derive_key(None, clear.entries)
+def test_the_key_comes_from_the_shared_secret_alone() -> None:
+    # Pods sharing MANTIS_TICKET_SECRET agree; the tenant tokens play no part.
+    assert derive_key("s3cret") == derive_key("s3cret")
+    assert derive_key("s3cret") != derive_key("other")
+    with pytest.raises(ValueError):
+        derive_key("")
 
 
 def test_settings_read_the_ticket_variables_and_hide_the_secret() -> None:
@@ -273,9 +265,12 @@ async def test_a_resume_after_the_max_life_is_refused(make_service, bridge: Brid
 
 async def test_any_pod_with_the_same_key_verifies(make_service, bridge: Bridge) -> None:
     finished_run(bridge)
+    # Without MANTIS_TICKET_SECRET each process has its own random key: the same tenant
+    # tokens do not make pods agree (the key is never derived from token digests).
     pod_a, pod_b = await make_service(), await make_service()
     ticket = (await mint(pod_a))["ticket"]
-    assert (await pod_b.client.get("/v1/runs/r1/events", params={"ticket": ticket})).status == 200
+    assert (await pod_a.client.get("/v1/runs/r1/events", params={"ticket": ticket})).status == 200
+    assert (await pod_b.client.get("/v1/runs/r1/events", params={"ticket": ticket})).status == 401
 
     secret_a = await make_service(ticket_secret="shared-secret")
     secret_b = await make_service(ticket_secret="shared-secret")
