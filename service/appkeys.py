@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from .auth import TokenTable
+from .durable.live import LiveStreams
+from .durable.store import DurableStore
 from .hub import Hub
 from .settings import Settings
 from .store import LogReader
@@ -17,3 +19,5 @@ TICKETS = web.AppKey("tickets", TicketBook)
 STORE = web.AppKey("store", StoreClient)
 HUB = web.AppKey("hub", Hub)
 READER = web.AppKey("reader", LogReader)
+DURABLE_STORE = web.AppKey("durable_store", DurableStore)
+LIVE_STREAMS = web.AppKey("live_streams", LiveStreams)

@@ -79,7 +79,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message)
+        # Some protocols answer errors with headers a client acts on (Durable Streams).
+        response.headers.update(getattr(exc, "headers", None) or {})
+        return response
     except (RedisConnectionError, RedisTimeoutError, ConnectionRefusedError) as exc:
         log.warning("store unreachable while serving %s: %s", request.path, type(exc).__name__)
         return error_response(503, "unavailable", "the event store cannot be reached; retry later")

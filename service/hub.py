@@ -20,6 +20,7 @@ import itertools
 import logging
 import random
 import time
+from collections.abc import Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -116,6 +117,21 @@ class Feed:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
+# Receives every payload published on one extra channel (``Hub.listen``), or ``None``
+# when the live connection was lost (whatever was announced meanwhile is not coming).
+Sink = Callable[[bytes | None], None]
+
+
+class _Extra:
+    """A channel that is not a run's: its payloads go to one sink, as they come."""
+
+    __slots__ = ("ready", "sink")
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
 class Hub:
     """Live fan-out for every stream of this pod."""
 
@@ -133,6 +149,7 @@ class Hub:
         self._stream_max_s = stream_max_s
         self._live: LiveConnection | None = None
         self._feeds: dict[bytes, Feed] = {}
+        self._extra: dict[bytes, _Extra] = {}
         self._all: set[Subscriber] = set()
         self._deadlines: list[tuple[float, int, Subscriber]] = []
         self._order = itertools.count()
@@ -207,6 +224,32 @@ class Hub:
             raise
         return feed
 
+    async def listen(self, channel: bytes, sink: Sink) -> None:
+        """Subscribe ``channel`` for ``sink`` and wait for Redis to confirm it.
+
+        Other services' streams (Durable Streams) ride on the pod's one pub/sub connection
+        this way; each channel has one sink, which fans out to its own readers. Pair each
+        successful call with one ``unlisten``.
+        """
+        extra = self._extra[channel] = _Extra(sink)
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout=5.0)
+            if self._live is None:
+                raise RedisConnectionError("live connection not open")
+            self._live.subscribe(channel)
+            await asyncio.wait_for(asyncio.shield(extra.ready), timeout=5.0)
+        except BaseException:
+            self.unlisten(channel)
+            raise
+
+    def unlisten(self, channel: bytes) -> None:
+        """Stop delivering ``channel`` (unsubscribed, unless the connection is gone)."""
+        if self._extra.pop(channel, None) is None:
+            return
+        if self._live is not None and self._connected.is_set():
+            with contextlib.suppress(RedisError):
+                self._live.unsubscribe(channel)
+
     def unwatch(self, feed: Feed) -> None:
         """A stream that watched ``feed`` is done; the last one unsubscribes the channel."""
         feed.watchers -= 1
@@ -257,10 +300,15 @@ class Hub:
                         pending[feed] = [message[2]]
                     else:
                         payloads.append(message[2])
+                elif (extra := self._extra.get(message[1])) is not None:
+                    extra.sink(message[2])
             elif kind == b"subscribe":
                 feed = feeds.get(message[1])
                 if feed is not None and not feed.ready.done():
                     feed.ready.set_result(None)
+                elif (extra := self._extra.get(message[1])) is not None:
+                    if not extra.ready.done():
+                        extra.ready.set_result(None)
         for feed, payloads in pending.items():
             self.deliver(feed, payloads)
 
@@ -336,6 +384,12 @@ class Hub:
                     feed.ready.set_exception(RedisConnectionError("live connection lost"))
                     feed.ready.exception()  # its waiter, if any, sees it; no "never retrieved"
             self._feeds.clear()
+            extras, self._extra = self._extra, {}
+            for extra in extras.values():
+                if not extra.ready.done():
+                    extra.ready.set_exception(RedisConnectionError("live connection lost"))
+                    extra.ready.exception()
+                extra.sink(None)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from runlog.calls import DEFAULT_MAXLEN, DEFAULT_RETENTION_S
+from runlog.records import TENANT_RE
 
 
 class SettingsError(ValueError):
@@ -25,6 +27,36 @@ def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool 
     if value <= 0:
         raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
     return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _anonymous_tenant(env: Mapping[str, str], host: str) -> str | None:
+    """MANTIS_STREAMS_ANONYMOUS_TENANT: the tenant of token-less Durable Streams requests.
+
+    Anyone who can reach the port acts as that tenant, so it is refused unless the service
+    listens on a loopback address only (local use, the conformance suite).
+    """
+    tenant = env.get("MANTIS_STREAMS_ANONYMOUS_TENANT") or None
+    if tenant is None:
+        return None
+    if TENANT_RE.fullmatch(tenant) is None:
+        raise SettingsError(
+            "MANTIS_STREAMS_ANONYMOUS_TENANT must be a tenant name ([A-Za-z0-9_.-]{1,64})"
+        )
+    if not _is_loopback(host):
+        raise SettingsError(
+            "MANTIS_STREAMS_ANONYMOUS_TENANT is only allowed when MANTIS_HOST is a loopback "
+            f"address (127.0.0.1, ::1, localhost), got MANTIS_HOST={host!r}"
+        )
+    return tenant
 
 
 def _origins(raw: str) -> tuple[str, ...]:
@@ -50,6 +82,10 @@ class Settings:
     ticket_secret: str | None = field(default=None, repr=False)
     redis_max_connections: int = 16
     replay_cache_bytes: int = 64 * 1024 * 1024
+    streams_anonymous_tenant: str | None = None
+    streams_long_poll_s: float = 10.0
+    streams_sse_max_s: float = 60.0
+    streams_max_body_bytes: int = 16 * 1024 * 1024
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
@@ -64,10 +100,11 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read MANTIS_* variables; a bad value raises ``SettingsError`` naming it."""
         env = os.environ if env is None else env
+        host = env.get("MANTIS_HOST") or "127.0.0.1"
         return cls(
             redis_url=env.get("MANTIS_REDIS_URL") or None,
             tenant_tokens=env.get("MANTIS_TENANT_TOKENS") or None,
-            host=env.get("MANTIS_HOST") or "127.0.0.1",
+            host=host,
             port=int(_number(env, "MANTIS_PORT", 8080, integer=True)),
             heartbeat_s=_number(env, "MANTIS_HEARTBEAT_S", 25.0),
             stream_max_s=_number(env, "MANTIS_STREAM_MAX_S", 600.0),
@@ -85,5 +122,11 @@ class Settings:
             ),
             replay_cache_bytes=int(
                 _number(env, "MANTIS_REPLAY_CACHE_BYTES", 64 * 1024 * 1024, integer=True)
+            ),
+            streams_anonymous_tenant=_anonymous_tenant(env, host),
+            streams_long_poll_s=_number(env, "MANTIS_STREAMS_LONG_POLL_S", 10.0),
+            streams_sse_max_s=_number(env, "MANTIS_STREAMS_SSE_MAX_S", 60.0),
+            streams_max_body_bytes=int(
+                _number(env, "MANTIS_STREAMS_MAX_BODY_BYTES", 16 * 1024 * 1024, integer=True)
             ),
         )
