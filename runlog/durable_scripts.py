@@ -35,14 +35,20 @@ local function keep()
     redis.call('PEXPIREAT', producers, e[2])
   end
 end
--- Append messages ARGV[first..], returning the new entry count and byte count.
+-- Append one entry: data ``d``, byte count after it ``b``, and ``e`` the number of the last
+-- entry of its append (a JSON batch is one append of several entries).
+local function add(n, b, e, data)
+  redis.call('XADD', log, int(n) .. '-0', 'd', data, 'b', int(b), 'e', int(e))
+end
+-- Append messages ARGV[first..] as one append, returning the new entry and byte counts.
 local function append_from(first)
   local n = tonumber(redis.call('HGET', meta, 'n') or '0')
   local b = tonumber(redis.call('HGET', meta, 'b') or '0')
+  local e = n + #ARGV - first + 1
   for i = first, #ARGV do
     n = n + 1
     b = b + #ARGV[i]
-    redis.call('XADD', log, int(n) .. '-0', 'd', ARGV[i], 'b', int(b))
+    add(n, b, e, ARGV[i])
   end
   redis.call('HSET', meta, 'n', int(n), 'b', int(b))
   return n, b
@@ -69,24 +75,39 @@ end
 )
 
 # ARGV: content type, ttl ('' none), expires-at text ('' none), expires-at ms, closed ('1'
-#       or ''), incarnation id, then the initial messages.
-# Reply: {status, n, b, closed} with status 'created', 'exists' (same configuration) or
-#       'conflict' (another configuration).
+#       or ''), incarnation id, fork spec ('' when not a fork), source tag, then the count
+#       ``c`` of inherited entries and ``c`` pairs (batch end, data) copied from the
+#       source (a fork's first ``c`` entries, numbered as in the source), then the initial
+#       messages.
+# Reply: {status, n, b, closed} with status 'created', 'exists' (same configuration),
+#       'conflict' (another configuration) or 'gone' (a deleted stream forks still use).
 CREATE = (
     _PRELUDE
     + """
-local cur = redis.call('HMGET', meta, 'ct', 'ttl', 'exp_ms', 'closed', 'n', 'b')
+local cur = redis.call('HMGET', meta, 'ct', 'ttl', 'exp_ms', 'closed', 'n', 'b', 'fork',
+                       'deleted')
 if cur[1] then
+  if cur[8] == '1' then return {'gone', cur[5], cur[6], cur[4] or ''} end
   local same = cur[1] == ARGV[1] and (cur[2] or '') == ARGV[2]
                and (cur[3] or '') == ARGV[4] and (cur[4] or '') == ARGV[5]
+               and (cur[7] or '') == ARGV[7]
   if same then return {'exists', cur[5], cur[6], cur[4] or ''} end
   return {'conflict', cur[5], cur[6], cur[4] or ''}
 end
 -- Leftovers of an expired incarnation (keys expire one by one) must not show through.
 redis.call('DEL', log, producers)
 redis.call('HSET', meta, 'ct', ARGV[1], 'ttl', ARGV[2], 'exp', ARGV[3], 'exp_ms', ARGV[4],
-           'closed', ARGV[5], 'inc', ARGV[6], 'n', 0, 'b', 0)
-local n, b = append_from(7)
+           'closed', ARGV[5], 'inc', ARGV[6], 'fork', ARGV[7], 'src', ARGV[8], 'n', 0, 'b', 0)
+local c = tonumber(ARGV[9])
+local n, b = 0, 0
+for i = 1, c do
+  local data = ARGV[9 + 2 * i]
+  n = n + 1
+  b = b + #data
+  add(n, b, tonumber(ARGV[8 + 2 * i]), data)
+end
+redis.call('HSET', meta, 'n', int(n), 'b', int(b))
+n, b = append_from(10 + 2 * c)
 keep()
 return {'created', int(n), int(b), ARGV[5]}
 """
@@ -102,8 +123,9 @@ return {'created', int(n), int(b), ARGV[5]}
 APPEND = (
     _PRELUDE
     + """
-local cur = redis.call('HMGET', meta, 'ct', 'closed', 'n', 'b', 'closer', 'seq')
+local cur = redis.call('HMGET', meta, 'ct', 'closed', 'n', 'b', 'closer', 'seq', 'deleted')
 if not cur[1] then return {'missing'} end
+if cur[7] == '1' then return {'gone'} end
 local n0, b0 = cur[3], cur[4]
 local closing = ARGV[2] == '1'
 local pid, epoch, pseq = ARGV[3], tonumber(ARGV[4] or '0'), tonumber(ARGV[5] or '0')
@@ -154,18 +176,19 @@ keep()
 if n ~= tonumber(n0) or closing then
   announce('a', n0, int(n), int(b), closed, joined(8, ARGV[7]))
 end
-return {'ok', int(n), int(b), closed, ARGV[4], ARGV[5]}
+return {'ok', int(n), int(b), closed, ARGV[4], ARGV[5], n0}
 """
 )
 
 # ARGV: after entry number, count, touch ('1' re-arms a TTL; HEAD passes '').
-# Reply: nil when absent, else {{ct, closed, n, b, inc, ttl, exp}, entries}.
+# Reply: nil when absent, else {{ct, closed, n, b, inc, ttl, exp, deleted, exp_ms}, entries}.
 READ = (
     _PRELUDE
     + """
-local m = redis.call('HMGET', meta, 'ct', 'closed', 'n', 'b', 'inc', 'ttl', 'exp')
+local m = redis.call('HMGET', meta, 'ct', 'closed', 'n', 'b', 'inc', 'ttl', 'exp', 'deleted',
+                     'exp_ms')
 if not m[1] then return nil end
-for i = 2, 7 do if not m[i] then m[i] = '' end end
+for i = 2, 9 do if not m[i] then m[i] = '' end end
 local entries = {}
 local count = tonumber(ARGV[2])
 if count > 0 and tonumber(ARGV[1]) < tonumber(m[3]) then
@@ -176,13 +199,47 @@ return {m, entries}
 """
 )
 
-# Reply: 1 when the stream existed (and is now gone), else 0.
+# A stream forks still copy from is only marked deleted (410 to clients, 409 to PUT) until
+# its last fork goes. Reply: {'missing'} | {'gone'} (already deleted) | {'soft'}
+#   | {'deleted', source tag of this fork or ''}.
 DELETE = (
     _PRELUDE
     + """
-if redis.call('EXISTS', meta) == 0 then return 0 end
+local m = redis.call('HMGET', meta, 'ct', 'deleted', 'forks', 'src')
+if not m[1] then return {'missing'} end
+if m[2] == '1' then return {'gone'} end
+if tonumber(m[3] or '0') > 0 then
+  redis.call('HSET', meta, 'deleted', '1')
+  announce('d', 0, 0, 0, '1', '')
+  return {'soft'}
+end
 redis.call('DEL', meta, log, producers)
 announce('d', 0, 0, 0, '1', '')
+return {'deleted', m[4] or ''}
+"""
+)
+
+# A fork of this stream was made. Reply: 1, or 0 when the stream is gone or deleted.
+ADD_FORK = """
+local meta = KEYS[1]
+local m = redis.call('HMGET', meta, 'ct', 'deleted')
+if not m[1] or m[2] == '1' then return 0 end
+redis.call('HINCRBY', meta, 'forks', 1)
 return 1
+"""
+
+# A fork of this stream was deleted; a deleted stream whose last fork went is removed.
+# Reply: {'kept'} | {'removed', its own source tag or ''}.
+DROP_FORK = (
+    _PRELUDE
+    + """
+local m = redis.call('HMGET', meta, 'ct', 'deleted', 'src')
+if not m[1] then return {'kept'} end
+local left = redis.call('HINCRBY', meta, 'forks', -1)
+if left <= 0 and m[2] == '1' then
+  redis.call('DEL', meta, log, producers)
+  return {'removed', m[3] or ''}
+end
+return {'kept'}
 """
 )

@@ -44,3 +44,8 @@ class PayloadTooLarge(StreamError):
 class ReadOnlyStream(StreamError):
     status = 405
     code = "method_not_allowed"
+
+
+class StreamGone(StreamError):
+    status = 410
+    code = "stream_gone"

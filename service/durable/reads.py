@@ -16,7 +16,7 @@ from .access import target_of
 from .errors import BadRequest, StreamNotFound
 from .live import Reader
 from .sse import stream_sse
-from .store import Chunk, Entry, StreamInfo
+from .store import Chunk, Entry, StreamInfo, present
 
 # Entries and bytes one read answers at most; the rest is the next request's.
 READ_COUNT = 1000
@@ -69,10 +69,7 @@ async def read_stream(request: web.Request) -> web.StreamResponse:
 async def _read(request: web.Request, tag: str, offset: p.Offset, *, touch: bool) -> Chunk:
     store = request.app[DURABLE_STORE]
     count = 0 if offset.now else READ_COUNT
-    chunk = await store.read(tag, offset.after, count, touch=touch)
-    if chunk is None:
-        raise StreamNotFound("no such stream")
-    return chunk
+    return present(await store.read(tag, offset.after, count, touch=touch))
 
 
 def _headers(info: StreamInfo, next_offset: str, up_to_date: bool) -> dict[str, str]:
@@ -197,9 +194,7 @@ async def _wait(
 async def head_stream(request: web.Request) -> web.Response:
     """``HEAD``: content type, tail, TTL or expiry, closure; never cached."""
     target = target_of(request)
-    chunk = await request.app[DURABLE_STORE].read(target.tag, 0, 0, touch=False)
-    if chunk is None:
-        raise StreamNotFound("no such stream")
+    chunk = present(await request.app[DURABLE_STORE].read(target.tag, 0, 0, touch=False))
     info = chunk.info
     headers = {
         "Content-Type": info.content_type,

@@ -21,9 +21,8 @@ from aiohttp import web
 
 from ..appkeys import DURABLE_STORE, LIVE_STREAMS, SETTINGS
 from . import protocol as p
-from .errors import StreamNotFound
 from .live import Reader
-from .store import Chunk
+from .store import Chunk, present
 
 READ_COUNT = 1000
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
@@ -73,9 +72,9 @@ async def _serve(
     store = request.app[DURABLE_STORE]
     settings = request.app[SETTINGS]
     cursor = p.next_cursor(request.query.get("cursor"))
-    first = await store.read(tag, offset.after, 0 if offset.now else READ_COUNT, touch=True)
-    if first is None:
-        raise StreamNotFound("no such stream")
+    first = present(
+        await store.read(tag, offset.after, 0 if offset.now else READ_COUNT, touch=True)
+    )
     content_type = first.info.content_type
     headers = {
         "Content-Type": "text/event-stream",
@@ -173,7 +172,7 @@ async def _serve(
 
 async def _reread(request: web.Request, tag: str, at: int) -> Chunk:
     chunk = await request.app[DURABLE_STORE].read(tag, at, READ_COUNT, touch=False)
-    if chunk is None:
+    if chunk is None or chunk.info.deleted:
         raise ConnectionError("the stream was deleted")
     return chunk
 

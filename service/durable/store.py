@@ -10,6 +10,7 @@ from runlog.keys import durable_keys
 from runlog.pipeline import AsyncScriptPipeline
 
 from ..store_client import StoreClient
+from .errors import StreamGone, StreamNotFound
 from .protocol import Producer, format_offset
 
 
@@ -28,6 +29,8 @@ class StreamInfo:
     incarnation: str
     ttl: str
     expires_at: str
+    deleted: bool
+    expires_ms: str
 
     @property
     def tail(self) -> str:
@@ -41,6 +44,8 @@ class Entry:
     n: int
     size: int
     data: bytes
+    # The number of the last entry of the append this one belongs to.
+    end: int
 
     @property
     def offset(self) -> str:
@@ -82,8 +87,14 @@ class DurableStore:
         closed: bool,
         incarnation: str,
         messages: list[bytes],
+        fork_spec: str = "",
+        source_tag: str = "",
+        inherited: list[Entry] | None = None,
     ) -> tuple[str, int, int, bool]:
-        """``(status, n, size, closed)``; status is created, exists or conflict."""
+        """``(status, n, size, closed)``; status is created, exists, conflict or gone."""
+        copied: list[Any] = []
+        for entry in inherited or []:
+            copied += [entry.end, entry.data]
         reply = await self._call(
             scripts.CREATE,
             tag,
@@ -94,6 +105,10 @@ class DurableStore:
                 str(expires[1]) if expires else "",
                 "1" if closed else "",
                 incarnation,
+                fork_spec,
+                source_tag,
+                len(inherited or []),
+                *copied,
                 *messages,
             ],
         )
@@ -141,14 +156,35 @@ class DurableStore:
             incarnation=_text(meta[4]),
             ttl=_text(meta[5]),
             expires_at=_text(meta[6]),
+            deleted=_text(meta[7]) == "1",
+            expires_ms=_text(meta[8]),
         )
         entries = []
         for raw_id, fields in raw_entries:
             values = dict(zip(fields[::2], fields[1::2], strict=True))
-            entries.append(
-                Entry(int(raw_id.split(b"-", 1)[0]), int(values[b"b"]), bytes(values[b"d"]))
-            )
+            n = int(raw_id.split(b"-", 1)[0])
+            end = int(values.get(b"e", n))
+            entries.append(Entry(n, int(values[b"b"]), bytes(values[b"d"]), end))
         return Chunk(info, entries)
 
-    async def delete(self, tag: str) -> bool:
-        return bool(await self._call(scripts.DELETE, tag, []))
+    async def delete(self, tag: str) -> tuple[str, str]:
+        """``(status, source tag)``: missing, gone, soft, or deleted (with its source)."""
+        reply = [_text(part) for part in await self._call(scripts.DELETE, tag, [])]
+        return reply[0], reply[1] if len(reply) > 1 else ""
+
+    async def add_fork(self, tag: str) -> bool:
+        return bool(await self._call(scripts.ADD_FORK, tag, []))
+
+    async def drop_fork(self, tag: str) -> str:
+        """Release one fork of ``tag``; returns the next source to release ('' none)."""
+        reply = [_text(part) for part in await self._call(scripts.DROP_FORK, tag, [])]
+        return reply[1] if reply[0] == "removed" else ""
+
+
+def present(chunk: Chunk | None) -> Chunk:
+    """The read, or 404 for no stream and 410 for one deleted while forks use it."""
+    if chunk is None:
+        raise StreamNotFound("no such stream")
+    if chunk.info.deleted:
+        raise StreamGone("the stream was deleted")
+    return chunk

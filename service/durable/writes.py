@@ -14,8 +14,10 @@ from .errors import (
     PayloadTooLarge,
     StaleEpoch,
     StreamConflict,
+    StreamGone,
     StreamNotFound,
 )
+from .forks import plan_fork, release_source
 
 READ_CHUNK = 65536
 
@@ -58,9 +60,13 @@ async def create_stream(request: web.Request) -> web.Response:
     if ttl is not None and expires is not None:
         raise BadRequest("give Stream-TTL or Stream-Expires-At, not both")
     closed = p.is_true(request.headers.get(p.CLOSED))
+    fork = await plan_fork(request, target, ttl, expires)
+    if fork is not None:
+        content_type, ttl, expires = fork.content_type, fork.ttl, fork.expires
     body = await read_body(request)
     messages = messages_of(body, content_type, creating=True)
-    status, n, size, now_closed = await request.app[DURABLE_STORE].create(
+    store = request.app[DURABLE_STORE]
+    status, n, size, now_closed = await store.create(
         target.tag,
         content_type=content_type,
         ttl=ttl,
@@ -68,12 +74,19 @@ async def create_stream(request: web.Request) -> web.Response:
         closed=closed,
         incarnation=secrets.token_hex(6),
         messages=messages,
+        fork_spec=fork.spec if fork else "",
+        source_tag=fork.source_tag if fork else "",
+        inherited=fork.inherited if fork else None,
     )
+    if status == "created" and fork is not None:
+        await store.add_fork(fork.source_tag)
     headers = _closed_headers(
         {"Content-Type": content_type, p.NEXT_OFFSET: p.format_offset(n, size)}, now_closed
     )
     if status == "conflict":
         raise StreamConflict("the stream exists with another configuration", headers)
+    if status == "gone":
+        raise StreamConflict("a deleted stream that forks still use holds this path")
     if status == "created":
         headers["Location"] = str(request.url.with_query(None))
         return web.Response(status=201, headers=headers)
@@ -117,7 +130,9 @@ def _append_response(reply: list[str], producer: p.Producer | None) -> web.Respo
     status = reply[0]
     if status == "missing":
         raise StreamNotFound("no such stream")
-    if status in ("stale",):
+    if status == "gone":
+        raise StreamGone("the stream was deleted")
+    if status == "stale":
         raise StaleEpoch("a newer producer epoch exists", {p.PRODUCER_EPOCH: reply[1]})
     if status == "epoch_seq":
         raise BadRequest("a new producer epoch must start at Producer-Seq 0")
@@ -145,12 +160,20 @@ def _append_response(reply: list[str], producer: p.Producer | None) -> web.Respo
     if producer is not None:
         headers[p.PRODUCER_EPOCH] = reply[4]
         headers[p.PRODUCER_SEQ] = reply[5]
-        return web.Response(status=200 if status == "ok" else 204, headers=headers)
+        # 200 for new data; a duplicate, or a close with no data, appends nothing: 204.
+        appended = status == "ok" and int(reply[1]) > int(reply[6])
+        return web.Response(status=200 if appended else 204, headers=headers)
     return web.Response(status=204, headers=headers)
 
 
 async def delete_stream(request: web.Request) -> web.Response:
     target = target_of(request, writing=True)
-    if not await request.app[DURABLE_STORE].delete(target.tag):
+    store = request.app[DURABLE_STORE]
+    status, source_tag = await store.delete(target.tag)
+    if status == "missing":
         raise StreamNotFound("no such stream")
+    if status == "gone":
+        raise StreamGone("the stream was deleted")
+    if source_tag:
+        await release_source(store, source_tag)
     return web.Response(status=204)
