@@ -101,6 +101,7 @@ class Feed:
         "ready",
         "run_id",
         "subscribers",
+        "taps",
         "watchers",
     )
 
@@ -110,12 +111,18 @@ class Feed:
         self.id_prefix = id_prefix
         self.epoch = id_prefix[:-1].decode()
         self.subscribers: list[Subscriber] = []
+        # Readers that want the decoded events rather than SSE bytes (run logs read as
+        # Durable Streams); ``None`` tells them the live connection was lost.
+        self.taps: list[Tap] = []
         # Streams that asked for this feed, live or still replaying: the channel stays
         # subscribed until the last of them is done, not merely the last live one.
         self.watchers = 0
         self.last_n = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+
+# Receives a feed's decoded events ``(n, name, data)`` as they are announced, or ``None``.
+Tap = Callable[[list[tuple[int, bytes, bytes]] | None], None]
 
 # Receives every payload published on one extra channel (``Hub.listen``), or ``None``
 # when the live connection was lost (whatever was announced meanwhile is not coming).
@@ -306,17 +313,19 @@ class Hub:
                 feed = feeds.get(message[1])
                 if feed is not None and not feed.ready.done():
                     feed.ready.set_result(None)
-                elif (extra := self._extra.get(message[1])) is not None:
-                    if not extra.ready.done():
-                        extra.ready.set_result(None)
+                elif (extra := self._extra.get(message[1])) is not None and not extra.ready.done():
+                    extra.ready.set_result(None)
         for feed, payloads in pending.items():
             self.deliver(feed, payloads)
 
     def deliver(self, feed: Feed, payloads: list[bytes]) -> None:
         """Fan announced events out to the feed's live subscribers, encoded once each."""
         events: list[tuple[int, int, bytes, bool]] = []
+        decoded: list[tuple[int, bytes, bytes]] = []
         for payload in payloads:
             n, t, name, data = decode(payload)
+            if feed.taps:
+                decoded.append((n, name, data))
             if n <= feed.last_n:
                 if n == 1:
                     # The log was lost and re-created: these clients' cursors belong to the
@@ -329,6 +338,8 @@ class Hub:
             is_terminal = name == b"terminal"
             self.frames.put(feed.run_id, feed.epoch, n, event, is_terminal)
             events.append((n, t, chunk(event), is_terminal))
+        for tap in list(feed.taps):
+            tap(decoded)
         if not events:
             return
         for sub in feed.subscribers:
@@ -380,6 +391,8 @@ class Hub:
             # every stream ends at an event boundary and resumes by cursor from the log.
             self.end_all(STORE_LOST)
             for feed in self._feeds.values():
+                for tap in list(feed.taps):
+                    tap(None)
                 if not feed.ready.done():
                     feed.ready.set_exception(RedisConnectionError("live connection lost"))
                     feed.ready.exception()  # its waiter, if any, sees it; no "never retrieved"

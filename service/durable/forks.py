@@ -80,9 +80,9 @@ async def plan_fork(
         raise StreamConflict("the source stream was deleted")
     source = head.info
     content_type = source.content_type
-    if request.headers.get("Content-Type"):
-        if p.parse_content_type(request.headers["Content-Type"]) != content_type:
-            raise StreamConflict("Content-Type differs from the source stream's")
+    asked_type = request.headers.get("Content-Type")
+    if asked_type and p.parse_content_type(asked_type) != content_type:
+        raise StreamConflict("Content-Type differs from the source stream's")
     at = source.n
     if raw_offset is not None:
         offset = p.parse_offset([raw_offset])
@@ -93,10 +93,7 @@ async def plan_fork(
             raise BadRequest(f"{FORK_OFFSET} is past the source stream's tail")
     json_mode = p.is_json(content_type)
     inherited = await _copy(store, source_tag, at + (sub if json_mode else min(sub, 1)))
-    if sub:
-        inherited = _cut(inherited, at, sub, json_mode)
-    else:
-        inherited = inherited[:at]
+    inherited = _cut(inherited, at, sub, json_mode) if sub else inherited[:at]
     # An append cut by the fork point ends there, as far as the fork knows.
     last = inherited[-1].n if inherited else 0
     inherited = [Entry(e.n, e.size, e.data, min(e.end, last)) for e in inherited]

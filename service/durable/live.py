@@ -37,12 +37,12 @@ class Reader:
         self.signal.clear()
         return changes
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for a change (or the connection's loss)."""
+    async def wait(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a change (or the connection's loss)."""
         if self.changes or self.lost:
             return True
         try:
-            await asyncio.wait_for(self.signal.wait(), timeout)
+            await asyncio.wait_for(self.signal.wait(), seconds)
         except TimeoutError:
             return False
         return True

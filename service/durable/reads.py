@@ -152,9 +152,9 @@ async def _wait(
     info: StreamInfo,
     at: int,
     cursor: str,
-    timeout: float,
+    wait_s: float,
 ) -> web.Response:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_s
     tail = info.tail if at >= info.n else p.format_offset(at, 0)
     while True:
         left = deadline - time.monotonic()
