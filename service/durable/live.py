@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from redis.exceptions import RedisError
+
 from runlog.durable_announce import Change, decode
 from runlog.keys import durable_live_channel
 
+from ..errors import StoreUnavailable
 from ..hub import Hub
 
 log = logging.getLogger("mantis.durable")
@@ -90,7 +93,19 @@ class LiveStreams:
 
     async def follow(self, tag: str) -> Reader:
         """A reader of the stream's changes, subscribed and confirmed: every change
-        announced from now on reaches it. Pair with ``leave``."""
+        announced from now on reaches it. Pair with ``leave``. A pod that cannot hear live
+        changes answers 503 rather than a live read that would never move."""
+        try:
+            return await self._follow(tag)
+        except (TimeoutError, RedisError) as exc:
+            raise StoreUnavailable("live changes cannot be reached; retry later") from exc
+
+    def end_all(self) -> None:
+        """Shutdown: every live read ends now (SSE closes, long-polls answer)."""
+        for tail in list(self._tails.values()):
+            tail.on_payload(None)
+
+    async def _follow(self, tag: str) -> Reader:
         channel = durable_live_channel(tag).encode()
         tail = self._tails.get(channel)
         if tail is None or tail.dead:

@@ -83,4 +83,9 @@ def add_durable_streams(app: web.Application) -> None:
         app[LIVE_STREAMS] = LiveStreams(app[HUB])
         yield
 
+    async def end_live_reads(app: web.Application) -> None:
+        if LIVE_STREAMS in app:
+            app[LIVE_STREAMS].end_all()
+
     app.cleanup_ctx.append(durable_state)
+    app.on_shutdown.append(end_live_reads)
