@@ -290,6 +290,9 @@ class Hub:
         """End every stream of this pod (shutdown, or the live connection was lost)."""
         for sub in list(self._all):
             sub.finish(reason)
+        for feed in list(self._feeds.values()):
+            for tap in list(feed.taps):
+                tap(None)
 
     # -- the live path ---------------------------------------------------------------
 
@@ -391,8 +394,6 @@ class Hub:
             # every stream ends at an event boundary and resumes by cursor from the log.
             self.end_all(STORE_LOST)
             for feed in self._feeds.values():
-                for tap in list(feed.taps):
-                    tap(None)
                 if not feed.ready.done():
                     feed.ready.set_exception(RedisConnectionError("live connection lost"))
                     feed.ready.exception()  # its waiter, if any, sees it; no "never retrieved"
