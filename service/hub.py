@@ -163,6 +163,9 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
         self._stopping = False
+        # Set at shutdown: a live read arriving after it (a client reconnecting over a
+        # kept-alive connection) is refused (503) instead of waiting out its time limit.
+        self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -209,6 +212,8 @@ class Hub:
 
         Each call must be paired with one ``unwatch`` when the stream ends.
         """
+        if self._closing:
+            raise RedisConnectionError("the pod is shutting down")
         channel = live_channel(run_id).encode()
         feed = self._feeds.get(channel)
         if feed is None:
@@ -226,6 +231,8 @@ class Hub:
             feed.watchers += 1
         try:
             await asyncio.wait_for(asyncio.shield(feed.ready), timeout=5.0)
+            if self._closing:  # shutdown began while we waited: nothing would end us
+                raise RedisConnectionError("the pod is shutting down")
         except BaseException:
             self.unwatch(feed)
             raise
@@ -238,6 +245,8 @@ class Hub:
         this way; each channel has one sink, which fans out to its own readers. Pair each
         successful call with one ``unlisten``.
         """
+        if self._closing:
+            raise RedisConnectionError("the pod is shutting down")
         extra = self._extra[channel] = _Extra(sink)
         try:
             await asyncio.wait_for(self._connected.wait(), timeout=5.0)
@@ -288,6 +297,8 @@ class Hub:
 
     def end_all(self, reason: str) -> None:
         """End every stream of this pod (shutdown, or the live connection was lost)."""
+        if reason == SHUTDOWN:
+            self._closing = True
         for sub in list(self._all):
             sub.finish(reason)
         for feed in list(self._feeds.values()):

@@ -120,3 +120,39 @@ def test_node_client_follows_a_run_through_pod_restarts(
         "terminal",
     ]
     assert [m["data"]["i"] for m in messages if m["event"] == "message"] == [0, 1, 2]
+
+
+def test_python_client_writes_reads_and_tails(
+    redis_url: str, spawn_service: Callable[..., Any]
+) -> None:
+    """The PyPI client (durable-streams) against ``python -m service`` over real HTTP."""
+    from durable_streams import DurableStream, StreamNotFoundError, stream
+
+    # A short long-poll: the client's first poll (made before the append) answers 204 soon.
+    pod = spawn_service(redis_url, MANTIS_STREAMS_LONG_POLL_S="1")
+    url = f"{pod.base}/v1/stream/py/orders"
+    auth = {"Authorization": f"Bearer {TOKENS['acme']}"}
+    with DurableStream.create(
+        url, content_type="application/json", headers=auth, batching=False
+    ) as handle:
+        handle.append({"n": 1})
+        # The client wraps each value in an array, so a list is one message.
+        handle.append([{"n": 2}, {"n": 3}])
+        tail = handle.append({"n": 4}).next_offset
+        assert handle.head().offset == tail
+    with stream(url, live=False, headers=auth) as res:
+        assert list(res.iter_json()) == [{"n": 1}, [{"n": 2}, {"n": 3}], {"n": 4}]
+        assert res.offset == tail
+
+    def append_later() -> None:
+        with DurableStream(url, headers=auth, content_type="application/json") as writer:
+            writer.append({"n": 5})
+
+    with stream(url, offset=tail, live="long-poll", headers=auth) as res:
+        items = res.iter_json()
+        threading.Thread(target=append_later).start()
+        assert next(items) == {"n": 5}
+    # Another tenant's client sees no such stream.
+    other = {"Authorization": f"Bearer {TOKENS['other']}"}
+    with pytest.raises(StreamNotFoundError), stream(url, live=False, headers=other) as res:
+        list(res.iter_json())
