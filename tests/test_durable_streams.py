@@ -237,3 +237,30 @@ async def test_run_log_read_as_a_durable_stream(
     assert (await client.get("/v1/stream/runs/run-ds", headers=OTHER)).status == 404
     head = await client.head("/v1/stream/runs/run-ds", headers=ACME)
     assert head.headers["Stream-Closed"] == "true"
+
+
+async def test_streams_on_both_stores(make_service: Callable[..., Any]) -> None:
+    """The scripts and the live path also run on the embedded store (``make run``)."""
+    svc = await make_service()
+    client = svc.client
+    json_type = {**ACME, "Content-Type": "application/json"}
+    made = await client.put("/v1/stream/both", headers=json_type, data='[{"a":1}]')
+    assert made.status == 201
+    tail = made.headers["Stream-Next-Offset"]
+    waiting = asyncio.ensure_future(
+        client.get(f"/v1/stream/both?offset={tail}&live=long-poll", headers=ACME)
+    )
+    appended = await client.post(
+        "/v1/stream/both",
+        headers={**json_type, "Producer-Id": "p", "Producer-Epoch": "0", "Producer-Seq": "0"},
+        data='[{"b":2},{"c":3}]',
+    )
+    assert appended.status == 200
+    live = await asyncio.wait_for(waiting, 10)
+    assert await live.json() == [{"b": 2}, {"c": 3}]
+    everything = await client.get("/v1/stream/both?offset=-1", headers=ACME)
+    assert await everything.json() == [{"a": 1}, {"b": 2}, {"c": 3}]
+    closed = await client.post("/v1/stream/both", headers={**ACME, "Stream-Closed": "true"})
+    assert closed.status == 204
+    head = await client.head("/v1/stream/both", headers=ACME)
+    assert head.headers["Stream-Closed"] == "true"

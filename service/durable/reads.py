@@ -10,6 +10,8 @@ import time
 
 from aiohttp import web
 
+from runlog.durable_announce import DELETED
+
 from ..appkeys import DURABLE_STORE, LIVE_STREAMS, SETTINGS
 from . import protocol as p
 from .access import target_of
@@ -156,34 +158,30 @@ async def _wait(
 ) -> web.Response:
     deadline = time.monotonic() + wait_s
     tail = info.tail if at >= info.n else p.format_offset(at, 0)
-    while True:
+    missed = False
+    while not missed:
         left = deadline - time.monotonic()
         if left <= 0 or not await reader.wait(left):
             return _no_content(tail, cursor, closed=False)
         if reader.lost:
-            break
+            break  # the live connection dropped: the store says what happened
         for change in reader.take():
-            if change.kind == b"d":
+            if change.kind == DELETED:
                 raise StreamNotFound("the stream was deleted")
             if change.n < at or (change.n == at and not change.closed):
                 continue
             if change.prev_n != at:
-                break  # missed a change: read the store instead
+                missed = True  # a change came between our read and this one
+                break
             next_offset = p.format_offset(change.n, change.size)
             if change.n == at:
                 return _no_content(next_offset, cursor, closed=True)
             headers = _headers(info, next_offset, True)
             if change.closed:
                 headers[p.CLOSED] = "true"
-            else:
-                headers.pop(p.CLOSED, None)
             headers[p.CURSOR] = cursor
             headers["Cache-Control"] = CACHEABLE
-            datas = [change.data] if change.data or not p.is_json(info.content_type) else []
-            return web.Response(body=body_of(datas, info.content_type), headers=headers)
-        else:
-            continue
-        break
+            return web.Response(body=body_of([change.data], info.content_type), headers=headers)
     offset = p.Offset(p.format_offset(at, 0), at)
     chunk = await _read(request, tag, offset, touch=False)
     if chunk.entries:

@@ -19,6 +19,8 @@ import time
 
 from aiohttp import web
 
+from runlog.durable_announce import DELETED
+
 from ..appkeys import DURABLE_STORE, LIVE_STREAMS, SETTINGS
 from . import protocol as p
 from .live import Reader
@@ -89,85 +91,58 @@ async def _serve(
     async def send(data: bytes) -> None:
         await asyncio.wait_for(response.write(data), DRAIN_TIMEOUT_S)
 
-    at = first.info.n if offset.now else offset.after
-    chunk = first
-    deadline = time.monotonic() + settings.streams_sse_max_s
-    with contextlib.suppress(ConnectionError, TimeoutError):
-        # Catch-up, one data/control pair per read.
+    async def catch_up(chunk: Chunk, at: int) -> tuple[int, bool]:
+        """Send stored entries (reading on until up to date), one data/control pair per
+        read; returns the position reached and whether the stream ended there."""
         while True:
             info = chunk.info
-            entries = [] if offset.now and chunk is first else chunk.entries
-            if entries:
-                joiner = b"," if p.is_json(content_type) else b""
-                at = entries[-1].n
-                up_to_date = at >= info.n
-                closed = info.closed and up_to_date
-                tail = entries[-1].offset
-                await send(
-                    data_event(joiner.join(e.data for e in entries), content_type)
-                    + control_event(tail, cursor, up_to_date=up_to_date, closed=closed)
-                )
-                if closed:
-                    return await _end(response)
-                if not up_to_date:
-                    chunk = await _reread(request, tag, at)
-                    continue
-            else:
+            if not chunk.entries:
                 closed = info.closed and at >= info.n
                 tail = info.tail if at >= info.n else p.format_offset(at, 0)
                 await send(control_event(tail, cursor, up_to_date=True, closed=closed))
-                if closed:
-                    return await _end(response)
-            break
+                return at, closed
+            entries = chunk.entries
+            at = entries[-1].n
+            up_to_date = at >= info.n
+            closed = info.closed and up_to_date
+            joiner = b"," if p.is_json(content_type) else b""
+            await send(
+                data_event(joiner.join(e.data for e in entries), content_type)
+                + control_event(entries[-1].offset, cursor, up_to_date=up_to_date, closed=closed)
+            )
+            if closed or up_to_date:
+                return at, closed
+            chunk = await _reread(request, tag, at)
+
+    deadline = time.monotonic() + settings.streams_sse_max_s
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        at, closed = await catch_up(first, first.info.n if offset.now else offset.after)
         # Live: announced changes, answered without reading the store.
-        while True:
+        while not closed:
             left = deadline - time.monotonic()
             if left <= 0 or not await reader.wait(left) or reader.lost:
-                return await _end(response)
-            gap = False
+                break
             for change in reader.take():
-                if change.kind == b"d":
-                    return await _end(response)
+                if change.kind == DELETED:
+                    closed = True
+                    break
                 if change.n < at or (change.n == at and not change.closed):
                     continue
                 if change.prev_n != at:
-                    gap = True
+                    # A change came between our read and this one: read what we missed.
+                    at, closed = await catch_up(await _reread(request, tag, at), at)
                     break
-                next_offset = p.format_offset(change.n, change.size)
-                frames = b""
-                if change.n > at:
-                    frames = data_event(change.data, content_type)
+                frames = data_event(change.data, content_type) if change.n > at else b""
                 at = change.n
+                next_offset = p.format_offset(change.n, change.size)
                 await send(
                     frames
                     + control_event(next_offset, cursor, up_to_date=True, closed=change.closed)
                 )
                 if change.closed:
-                    return await _end(response)
-            if gap:
-                # A change went missing between the read and the subscription: read it.
-                chunk = await _reread(request, tag, at)
-                while chunk.entries:
-                    entries = chunk.entries
-                    joiner = b"," if p.is_json(content_type) else b""
-                    at = entries[-1].n
-                    up_to_date = at >= chunk.info.n
-                    closed = chunk.info.closed and up_to_date
-                    await send(
-                        data_event(joiner.join(e.data for e in entries), content_type)
-                        + control_event(
-                            entries[-1].offset, cursor, up_to_date=up_to_date, closed=closed
-                        )
-                    )
-                    if closed:
-                        return await _end(response)
-                    if up_to_date:
-                        break
-                    chunk = await _reread(request, tag, at)
-                if chunk.info.closed and at >= chunk.info.n:
-                    await send(control_event(chunk.info.tail, cursor, up_to_date=True, closed=True))
-                    return await _end(response)
-    return response
+                    closed = True
+                    break
+    return await _end(response)
 
 
 async def _reread(request: web.Request, tag: str, at: int) -> Chunk:
