@@ -138,6 +138,14 @@ async def test_bad_headers_are_named(durable: Callable[..., Any]) -> None:
     assert "Producer-Epoch" in (await partial.json())["error"]["message"]
     read_only = await client.put("/v1/stream/runs/r1", headers={**ACME, **TEXT})
     assert read_only.status == 405
+    json_type = {**ACME, "Content-Type": "application/json"}
+    await client.put("/v1/stream/j", headers=json_type)
+    not_json = await client.post("/v1/stream/j", headers=json_type, data="{oops")
+    assert not_json.status == 400
+    assert "JSON" in (await not_json.json())["error"]["message"]
+    huge = await client.post("/v1/stream/j", headers=json_type, data="[" + "1," * 10_000 + "1]")
+    assert huge.status == 413
+    assert "10000 messages" in (await huge.json())["error"]["message"]
 
 
 async def _read_until(resp: Any, marker: bytes) -> bytes:

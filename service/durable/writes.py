@@ -37,12 +37,22 @@ async def read_body(request: web.Request) -> bytes:
     return b"".join(parts)
 
 
+# One request's messages are written by one script, which holds Redis meanwhile: a JSON
+# batch larger than this is refused (413) rather than stalling every other client.
+MAX_MESSAGES = 10_000
+
+
 def messages_of(body: bytes, content_type: str, *, creating: bool) -> list[bytes]:
     if not body:
         return []
-    if p.is_json(content_type):
-        return p.json_messages(body, allow_empty=creating)
-    return [body]
+    if not p.is_json(content_type):
+        return [body]
+    messages = p.json_messages(body, allow_empty=creating)
+    if len(messages) > MAX_MESSAGES:
+        raise PayloadTooLarge(
+            f"a JSON batch holds at most {MAX_MESSAGES} messages, got {len(messages)}"
+        )
+    return messages
 
 
 def _closed_headers(headers: dict[str, str], closed: bool) -> dict[str, str]:
