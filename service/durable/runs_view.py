@@ -107,7 +107,9 @@ async def read_run_stream(request: web.Request) -> web.StreamResponse:
     raw, after = asked or (p.START, 0)
     if after > state.last_n:
         raise BadRequest("offset is past the end of this run's log")
-    if after + 1 < state.first_n and after < state.last_n:
+    if raw == p.START:
+        after = max(0, state.first_n - 1)  # the beginning of what the log still holds
+    elif after + 1 < state.first_n and after < state.last_n:
         raise StreamGone("events before this offset are no longer retained")
     if not live:
         return await _catch_up(request, state, raw, after)
