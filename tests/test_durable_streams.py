@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+from runlog import durable_announce as announce
 from runlog.calls import LogLimits
 from runlog.keys import durable_live_channel, durable_tag
 from runner_bridge import AsyncBridge
@@ -245,6 +246,33 @@ async def test_run_log_read_as_a_durable_stream(
     assert (await client.get("/v1/stream/runs/run-ds", headers=OTHER)).status == 404
     head = await client.head("/v1/stream/runs/run-ds", headers=ACME)
     assert head.headers["Stream-Closed"] == "true"
+
+
+async def test_announcement_built_in_lua_reads_back_in_python(
+    durable: Callable[..., Any], redis_url: str
+) -> None:
+    """One codec: what the APPEND script publishes is what ``decode`` reads (and ``encode``
+    writes), whatever the data holds."""
+    client = await durable()
+    await client.put("/v1/stream/codec", headers={**ACME, **TEXT}, data="ab")
+    store = redis.Redis.from_url(redis_url)
+    pubsub = store.pubsub()
+    pubsub.subscribe(durable_live_channel(durable_tag("acme", "codec")))
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    hostile = "a b\n1 2 3 4 0\nevent: x\r\n\r\n"
+    await client.post(
+        "/v1/stream/codec", headers={**ACME, **TEXT, "Stream-Closed": "true"}, data=hostile
+    )
+    message = pubsub.get_message(timeout=5)
+    pubsub.close()
+    store.close()
+    payload = message["data"]
+    change = announce.decode(payload)
+    size = 2 + len(hostile.encode())
+    assert change == announce.Change(announce.APPENDED, 1, 2, size, True, hostile.encode())
+    assert announce.encode(*change) == payload
+    with pytest.raises(ValueError):
+        announce.decode(b"x 1 2 3 0\n")
 
 
 async def test_streams_on_both_stores(make_service: Callable[..., Any]) -> None:
