@@ -192,6 +192,30 @@ async def test_live_readers_share_one_subscription_and_cost_no_reads(
         resp.close()
 
 
+async def test_live_reads_end_when_the_pub_sub_connection_drops(
+    durable: Callable[..., Any], redis_url: str
+) -> None:
+    """Announcements sent while the pod's pub/sub connection is down are lost to it: its
+    SSE readers end (to resume by offset) rather than wait for data that will not come."""
+    client = await durable()
+    await client.put("/v1/stream/drop", headers={**ACME, **TEXT}, data="x")
+    sse = await client.get("/v1/stream/drop?offset=-1&live=sse", headers=ACME)
+    await _read_until(sse, b'"upToDate":true')
+    store = redis.Redis.from_url(redis_url)
+    assert store.client_kill_filter(_type="pubsub") >= 1
+    store.close()
+    rest = await asyncio.wait_for(sse.content.read(), 10)  # ends: EOF
+    assert b"data:" not in rest
+    # The pod resubscribes; a new live read works again.
+    for _ in range(100):
+        again = await client.get("/v1/stream/drop?offset=-1&live=long-poll", headers=ACME)
+        if again.status == 200:
+            break
+        await asyncio.sleep(0.05)  # the hub reconnects on its own backoff: no event to await
+    assert again.status == 200
+    assert await again.text() == "x"
+
+
 async def test_long_poll_answers_with_the_next_append(durable: Callable[..., Any]) -> None:
     client = await durable(streams_long_poll_s=0.5)
     made = await client.put("/v1/stream/lp", headers={**ACME, **TEXT})
