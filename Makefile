@@ -19,8 +19,9 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-tools:                               ## the programs the tests drive (redis-server, haproxy, chromium, curl)
+tools:                               ## the programs the tests drive (redis-server, haproxy, nginx, chromium, curl, node)
 	bash .ci/ensure-tools
+	bash .ci/ensure-node-tools
 
 run: install                          ## serve the API on the embedded store and stream a demo run
 	$(BIN)/python -m service --demo

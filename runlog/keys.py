@@ -4,6 +4,8 @@ All of a run's keys share the ``{run_id}`` hash tag so that in Redis Cluster the
 one slot and a Lua script may touch them together.
 """
 
+import hashlib
+
 PREFIX = "mantis"
 
 
@@ -63,3 +65,46 @@ def queue_key() -> str:
 def idempotency_key(tenant: str, key_digest: str) -> str:
     """String: the run an ``Idempotency-Key`` created, with the digest of its body (24 h)."""
     return f"{PREFIX}:{{idem}}:{tenant}:{key_digest}"
+
+
+# Durable Streams (``/v1/stream/{path}``): every stream's keys share one hash tag made of its
+# tenant and a digest of its path, so a Lua script may touch them together in a Cluster,
+# a path may hold any characters (a ``}`` would end a tag early), and the same path under
+# two tenants is two streams.
+DURABLE_PREFIX = "ds:"
+
+
+def durable_tag(tenant: str, path: str) -> str:
+    """The hash tag of ``tenant``'s stream at ``path``."""
+    digest = hashlib.sha256(path.encode()).hexdigest()[:40]
+    return f"{DURABLE_PREFIX}{tenant}:{digest}"
+
+
+def durable_meta_key(tag: str) -> str:
+    """Hash: content type, TTL/expiry, closed, entry count, byte count, producer closing."""
+    return f"{PREFIX}:{{{tag}}}:meta"
+
+
+def durable_log_key(tag: str) -> str:
+    """Stream: the stream's data; entry ``<n>-0`` holds one append (or one JSON message)."""
+    return f"{PREFIX}:{{{tag}}}:log"
+
+
+def durable_producers_key(tag: str) -> str:
+    """Hash: idempotent producer id -> ``<epoch>:<last seq>``."""
+    return f"{PREFIX}:{{{tag}}}:producers"
+
+
+def durable_live_channel(tag: str) -> str:
+    """Pub/sub channel on which every append, close and delete is announced to the pods."""
+    return f"{PREFIX}:{{{tag}}}:live"
+
+
+def durable_keys(tag: str) -> list[str]:
+    """The keys every durable-stream script takes, in the order the scripts expect them."""
+    return [
+        durable_meta_key(tag),
+        durable_log_key(tag),
+        durable_producers_key(tag),
+        durable_live_channel(tag),
+    ]

@@ -10,6 +10,7 @@ from .admission import Admission
 from .appkeys import ADMISSION, HUB, LIFECYCLE, READER, SETTINGS, STORE, TICKETS, TOKENS
 from .auth import TokenTable
 from .cors import Cors
+from .durable.routes import add_durable_streams
 from .errors import error_middleware
 from .frame_cache import FrameCache
 from .hub import Hub
@@ -83,5 +84,6 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
             app[HUB].end_all("shutdown")
 
     app.cleanup_ctx.append(redis_and_hub)
+    add_durable_streams(app)
     app.on_shutdown.append(end_streams)
     return app

@@ -6,6 +6,8 @@ from aiohttp import web
 
 from .admission import Admission
 from .auth import TokenTable
+from .durable.live import LiveStreams
+from .durable.store import DurableStore
 from .hub import Hub
 from .lifecycle import Lifecycle
 from .metrics import ScrapeHook
@@ -29,3 +31,5 @@ REQUEST_ID = web.RequestKey("request_id", str)
 TENANT = web.RequestKey("tenant", str)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 ADMISSION = web.AppKey("admission", Admission)
+DURABLE_STORE = web.AppKey("durable_store", DurableStore)
+LIVE_STREAMS = web.AppKey("live_streams", LiveStreams)

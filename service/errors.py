@@ -117,7 +117,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message)
+        # Some protocols answer errors with headers a client acts on (Durable Streams).
+        response.headers.update(getattr(exc, "headers", None) or {})
+        return response
     except UnicodeError:
         # A header (or query) that is not valid UTF-8: aiohttp hands it over with
         # surrogates, which fail the moment anything encodes them. The client's fault.

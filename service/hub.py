@@ -140,6 +140,7 @@ class Feed:
         "ready",
         "run_id",
         "subscribers",
+        "taps",
         "watchers",
     )
 
@@ -150,6 +151,9 @@ class Feed:
         self.id_prefix: bytes | None = None
         self.epoch = ""
         self.subscribers: list[Subscriber] = []
+        # Readers that want the decoded events rather than SSE bytes (run logs read as
+        # Durable Streams); ``None`` tells them the live connection was lost.
+        self.taps: list[Tap] = []
         # Streams that asked for this feed, live or still replaying: the channel stays
         # subscribed until the last of them is done, not merely the last live one.
         self.watchers = 0
@@ -174,6 +178,24 @@ class Feed:
             self.appeared.set_result(None)
 
 
+# Receives a feed's decoded events ``(n, name, data)`` as they are announced, or ``None``.
+Tap = Callable[[list[tuple[int, bytes, bytes]] | None], None]
+
+# Receives every payload published on one extra channel (``Hub.listen``), or ``None``
+# when the live connection was lost (whatever was announced meanwhile is not coming).
+Sink = Callable[[bytes | None], None]
+
+
+class _Extra:
+    """A channel that is not a run's: its payloads go to one sink, as they come."""
+
+    __slots__ = ("ready", "sink")
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
 class Hub:
     """Live fan-out for every stream of this pod."""
 
@@ -196,6 +218,7 @@ class Hub:
         self._stream_max_s = stream_max_s
         self._live: LiveConnection | None = None
         self._feeds: dict[bytes, Feed] = {}
+        self._extra: dict[bytes, _Extra] = {}
         self._all: set[Subscriber] = set()
         self._deadlines: list[tuple[float, int, Subscriber]] = []
         self._order = itertools.count()
@@ -203,6 +226,9 @@ class Hub:
         self._repairs: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
         self._stopping = False
+        # Set at shutdown: a live read arriving after it (a client reconnecting over a
+        # kept-alive connection) is refused (503) instead of waiting out its time limit.
+        self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -257,6 +283,8 @@ class Hub:
         ``Feed.appeared``, reads the log's state and calls ``Feed.know``. Each call must be
         paired with one ``unwatch`` when the stream ends.
         """
+        if self._closing:
+            raise RedisConnectionError("the pod is shutting down")
         channel = live_channel(run_id).encode()
         feed = self._feeds.get(channel)
         if feed is None:
@@ -276,10 +304,40 @@ class Hub:
                 feed.know(id_prefix)
         try:
             await asyncio.wait_for(asyncio.shield(feed.ready), timeout=5.0)
+            if self._closing:  # shutdown began while we waited: nothing would end us
+                raise RedisConnectionError("the pod is shutting down")
         except BaseException:
             self.unwatch(feed)
             raise
         return feed
+
+    async def listen(self, channel: bytes, sink: Sink) -> None:
+        """Subscribe ``channel`` for ``sink`` and wait for Redis to confirm it.
+
+        Other services' streams (Durable Streams) ride on the pod's one pub/sub connection
+        this way; each channel has one sink, which fans out to its own readers. Pair each
+        successful call with one ``unlisten``.
+        """
+        if self._closing:
+            raise RedisConnectionError("the pod is shutting down")
+        extra = self._extra[channel] = _Extra(sink)
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout=5.0)
+            if self._live is None:
+                raise RedisConnectionError("live connection not open")
+            self._live.subscribe(channel)
+            await asyncio.wait_for(asyncio.shield(extra.ready), timeout=5.0)
+        except BaseException:
+            self.unlisten(channel)
+            raise
+
+    def unlisten(self, channel: bytes) -> None:
+        """Stop delivering ``channel`` (unsubscribed, unless the connection is gone)."""
+        if self._extra.pop(channel, None) is None:
+            return
+        if self._live is not None and self._connected.is_set():
+            with contextlib.suppress(RedisError):
+                self._live.unsubscribe(channel)
 
     def unwatch(self, feed: Feed) -> None:
         """A stream that watched ``feed`` is done; the last one unsubscribes the channel."""
@@ -315,8 +373,13 @@ class Hub:
 
     def end_all(self, reason: str) -> None:
         """End every stream of this pod (shutdown, or the live connection was lost)."""
+        if reason == SHUTDOWN:
+            self._closing = True
         for sub in list(self._all):
             sub.finish(reason)
+        for feed in list(self._feeds.values()):
+            for tap in list(feed.taps):
+                tap(None)
 
     # -- the live path ---------------------------------------------------------------
 
@@ -337,9 +400,14 @@ class Hub:
                         pending[feed] = [message[2]]
                     else:
                         payloads.append(message[2])
+                elif (extra := self._extra.get(message[1])) is not None:
+                    extra.sink(message[2])
             elif kind == b"subscribe":
                 feed = feeds.get(message[1])
                 if feed is None:
+                    extra = self._extra.get(message[1])
+                    if extra is not None and not extra.ready.done():
+                        extra.ready.set_result(None)
                     continue
                 if not feed.ready.done():
                     feed.ready.set_result(None)
@@ -377,6 +445,7 @@ class Hub:
                 feed.appeared.set_result(None)
             return
         events: list[tuple[int, int, bytes, bytes, bool]] = []
+        decoded = [(a.n, a.name, a.data) for a in announced] if feed.taps else []
         for n, t, name, data in announced:
             if n <= feed.last_n:
                 if n == 1:
@@ -390,6 +459,8 @@ class Hub:
             is_terminal = name == b"terminal"
             self.frames.put(feed.run_id, feed.epoch, n, event, is_terminal)
             events.append((n, t, event, chunk(event), is_terminal))
+        for tap in list(feed.taps):
+            tap(decoded)
         if not events:
             return
         sent = 0  # counted once per burst, not per client event
@@ -464,6 +535,15 @@ class Hub:
                 else:
                     feed.held = []
                     feed.gen += 1
+                # Taps (run logs read as Durable Streams) end: their clients resume by offset.
+                for tap in list(feed.taps):
+                    tap(None)
+            extras, self._extra = self._extra, {}
+            for extra in extras.values():
+                if not extra.ready.done():
+                    extra.ready.set_exception(RedisConnectionError("live connection lost"))
+                    extra.ready.exception()
+                extra.sink(None)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 

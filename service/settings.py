@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from runlog.calls import DEFAULT_MAXLEN, DEFAULT_RETENTION_S
+from runlog.records import TENANT_RE
 
 
 class SettingsError(ValueError):
@@ -48,6 +49,34 @@ def _pairs(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
             raise SettingsError(f"{name} entries must look like name=value, got {part!r}")
         pairs.append((key, value))
     return tuple(pairs)
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _anonymous_tenant(env: Mapping[str, str], host: str) -> str | None:
+    """MANTIS_STREAMS_ANONYMOUS_TENANT: the tenant of token-less Durable Streams requests.
+
+    Anyone who can reach the port acts as that tenant, so it is refused unless the service
+    listens on a loopback address only (local use, the conformance suite).
+    """
+    tenant = env.get("MANTIS_STREAMS_ANONYMOUS_TENANT") or None
+    if tenant is None:
+        return None
+    if TENANT_RE.fullmatch(tenant) is None:
+        raise SettingsError(
+            "MANTIS_STREAMS_ANONYMOUS_TENANT must be a tenant name ([A-Za-z0-9_.-]{1,64})"
+        )
+    if not _is_loopback(host):
+        raise SettingsError(
+            "MANTIS_STREAMS_ANONYMOUS_TENANT is only allowed when MANTIS_HOST is a loopback "
+            f"address (127.0.0.1, ::1, localhost), got MANTIS_HOST={host!r}"
+        )
+    return tenant
 
 
 def _origins(raw: str) -> tuple[str, ...]:
@@ -77,6 +106,10 @@ class Settings:
     tenant_max_streams: int = 1000
     page_max_bytes: int = 8 * 1024 * 1024
     replay_batch_bytes: int = 1024 * 1024
+    streams_anonymous_tenant: str | None = None
+    streams_long_poll_s: float = 10.0
+    streams_sse_max_s: float = 60.0
+    streams_max_body_bytes: int = 16 * 1024 * 1024
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Metrics: this pod's name (label of mantis_streams_open) and tenant -> class label.
     pod_name: str = ""
@@ -94,10 +127,11 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read MANTIS_* variables; a bad value raises ``SettingsError`` naming it."""
         env = os.environ if env is None else env
+        host = env.get("MANTIS_HOST") or "127.0.0.1"
         return cls(
             redis_url=env.get("MANTIS_REDIS_URL") or None,
             tenant_tokens=env.get("MANTIS_TENANT_TOKENS") or None,
-            host=env.get("MANTIS_HOST") or "127.0.0.1",
+            host=host,
             port=int(_number(env, "MANTIS_PORT", 8080, integer=True)),
             heartbeat_s=_number(env, "MANTIS_HEARTBEAT_S", 25.0),
             stream_max_s=_number(env, "MANTIS_STREAM_MAX_S", 600.0),
@@ -128,17 +162,18 @@ class Settings:
             replay_batch_bytes=int(
                 _number(env, "MANTIS_REPLAY_BATCH_BYTES", 1024 * 1024, integer=True)
             ),
+            streams_anonymous_tenant=_anonymous_tenant(env, host),
+            streams_long_poll_s=_number(env, "MANTIS_STREAMS_LONG_POLL_S", 10.0),
+            streams_sse_max_s=_number(env, "MANTIS_STREAMS_SSE_MAX_S", 60.0),
+            streams_max_body_bytes=int(
+                _number(env, "MANTIS_STREAMS_MAX_BODY_BYTES", 16 * 1024 * 1024, integer=True)
+            ),
         )
 
     @property
     def loopback_only(self) -> bool:
         """Whether the service listens on a loopback address only (a developer's machine)."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False  # a host name: it may well resolve to a public address
+        return _is_loopback(self.host)  # a host name other than localhost: maybe public
 
     def exposure_problems(self) -> list[str]:
         """The variables a pod listening beyond loopback must have and lacks (fail closed).
