@@ -204,7 +204,10 @@ _ERROR_TEXT = {
     400: "Bad input: invalid_run_id, invalid_cursor, invalid_limit, invalid_request, ...",
     401: "unauthorized: no or unknown X-Mantis-Token (or an invalid ticket)",
     404: "run_not_found (absent and another tenant's look the same) or not found",
-    409: "run_exists or run_finished",
+    403: "forbidden: a producer's stale epoch (Durable Streams)",
+    405: "method_not_allowed: e.g. a write to a read-only run log stream",
+    409: "run_exists or run_finished; a Durable Streams conflict (content type, sequence, closed)",
+    410: "gone: the offset is older than what the stream retains (Durable Streams)",
     413: "payload_too_large (body over 1 MiB)",
     422: "idempotency_key_reused",
     429: "too_many_streams: the tenant's open streams on this pod are at the limit",
@@ -342,6 +345,29 @@ def _asset(description: str, content_type: str) -> dict[str, Any]:
     )
 
 
+_STREAM_PATH = _path("path", {"type": "string", "pattern": "^[A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*$"})
+
+
+def _any_body(description: str, status: int = 200) -> dict[str, Any]:
+    if status in (204, 304):
+        return _empty(description)
+    return {"description": description, "headers": dict(_REQUEST_ID_HEADER),
+            "content": {"*/*": {"schema": {}}}}
+
+
+def _durable(summary: str, answers: dict[int, str], errors: Iterable[int]) -> dict[str, Any]:
+    """A Durable Streams operation: bodies in the stream's own content type (docs/durable-
+    streams.md); the protocol's headers (Stream-Next-Offset, ...) are described there."""
+    return _op(
+        summary,
+        {code: _any_body(text, code) for code, text in answers.items()},
+        errors=errors,
+        params=[_STREAM_PATH],
+        tags=["durable-streams"],
+        extra={"security": [{"token": []}, {"bearer": []}, {}]},
+    )
+
+
 _POLL_HEADERS = {
     "ETag": {"description": "changes whenever anything but the hint changes", **_STR},
     "Retry-After": {"description": "poll hint in whole seconds (not terminal runs)", **_STR},
@@ -462,6 +488,42 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/dashboard/app.js"): _asset("The dashboard's script", "text/javascript"),
     ("GET", "/dashboard/app.css"): _asset("The dashboard's style sheet", "text/css"),
     ("GET", "/dashboard/favicon.svg"): _asset("The dashboard's icon", "image/svg+xml"),
+    ("PUT", "/v1/stream/{path}"): _durable(
+        "Create a durable stream (idempotent); Content-Type, Stream-TTL or Stream-Expires-At",
+        {200: "It exists with the same settings", 201: "Created"},
+        (400, 401, 405, 409, 413, 503),
+    ),
+    ("POST", "/v1/stream/{path}"): _durable(
+        "Append to a stream (JSON mode flattens one array level); Stream-Closed closes it; "
+        "Producer-Id, Producer-Epoch, Producer-Seq make retries exactly-once",
+        {200: "Appended (a producer's first write)", 204: "Appended, or a duplicate"},
+        (400, 401, 403, 404, 405, 409, 410, 413, 503),
+    ),
+    ("GET", "/v1/stream/{path}"): _durable(
+        "Read from an offset (-1, now, or a Stream-Next-Offset); live=long-poll or live=sse",
+        {200: "Data (or an SSE stream)", 204: "Up to date, nothing new", 304: "Not modified"},
+        (400, 401, 404, 410, 503),
+    ),
+    ("DELETE", "/v1/stream/{path}"): _durable(
+        "Delete a stream", {204: "Deleted"}, (400, 401, 404, 405, 503)
+    ),
+    ("OPTIONS", "/v1/stream/{path}"): _op(
+        "CORS preflight of the Durable Streams routes",
+        {204: _empty("Allowed methods and headers")},
+        params=[_STREAM_PATH],
+        secured=False,
+        tags=["durable-streams"],
+    ),
+    ("GET", "/v1/stream/runs/{run_id}"): _op(
+        "A run's log read as a durable stream (read-only, JSON mode, closed at the terminal "
+        "event); same offsets and live modes",
+        {code: _any_body(text, code) for code, text in
+         {200: "Events", 204: "Up to date", 304: "Not modified"}.items()},
+        errors=(400, 401, 404, 503),
+        params=[_RUN_PARAM],
+        tags=["durable-streams"],
+        extra={"security": [{"token": []}, {"bearer": []}]},
+    ),
     ("GET", "/healthz"): _op(
         "Liveness: the process serves",
         {200: _json("Alive", _ref("Health"))},
@@ -542,6 +604,7 @@ def build_document(app: web.Application) -> dict[str, Any]:
             "securitySchemes": {
                 "token": {"type": "apiKey", "in": "header", "name": "X-Mantis-Token"},
                 "ticket": {"type": "apiKey", "in": "query", "name": "ticket"},
+                "bearer": {"type": "http", "scheme": "bearer"},
             },
         },
     }

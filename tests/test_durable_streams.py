@@ -42,15 +42,15 @@ def durable(aiohttp_client: Callable[..., Any], redis_url: str) -> Callable[...,
 async def test_same_path_under_two_tenants_is_two_streams(durable: Callable[..., Any]) -> None:
     client = await durable()
     for headers, body in ((ACME, "acme data"), (OTHER, "other data")):
-        created = await client.put("/v1/stream/shared/name", headers={**headers, **TEXT}, data=body)
+        created = await client.put("/v1/stream/common/name", headers={**headers, **TEXT}, data=body)
         assert created.status == 201
-    acme = await client.get("/v1/stream/shared/name", headers=ACME)
-    other = await client.get("/v1/stream/shared/name", headers=OTHER)
+    acme = await client.get("/v1/stream/common/name", headers=ACME)
+    other = await client.get("/v1/stream/common/name", headers=OTHER)
     assert await acme.text() == "acme data"
     assert await other.text() == "other data"
-    await client.delete("/v1/stream/shared/name", headers=OTHER)
-    assert (await client.get("/v1/stream/shared/name", headers=OTHER)).status == 404
-    assert (await client.get("/v1/stream/shared/name", headers=ACME)).status == 200
+    await client.delete("/v1/stream/common/name", headers=OTHER)
+    assert (await client.get("/v1/stream/common/name", headers=OTHER)).status == 404
+    assert (await client.get("/v1/stream/common/name", headers=ACME)).status == 200
 
 
 async def test_token_required_unless_anonymous_tenant(durable: Callable[..., Any]) -> None:
