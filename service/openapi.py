@@ -345,7 +345,9 @@ def _asset(description: str, content_type: str) -> dict[str, Any]:
     )
 
 
-_STREAM_PATH = _path("path", {"type": "string", "pattern": "^[A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*$"})
+_STREAM_PATH = _path(
+    "path", {"type": "string", "pattern": "^[A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*$"}
+)
 
 
 def _any_body(description: str, status: int = 200) -> dict[str, Any]:
