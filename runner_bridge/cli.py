@@ -39,6 +39,7 @@ from runlog.phases import PHASES
 from runlog.records import check_phase, check_run_id
 from runlog.store_url import redact_url, resolve_redis_url
 
+from . import worker_metrics
 from .bridge import AsyncBridge, Bridge, limits_from_env
 from .consumer import QueueSettings, check_worker, default_worker
 from .lines import BadLine
@@ -379,6 +380,12 @@ def _work(store: _Store, args: argparse.Namespace) -> int:
     # A worker is a long-running process: its claims, takeovers and hand-backs are what an
     # operator reads, so it logs at INFO unless MANTIS_LOG_LEVEL says otherwise.
     setup_logging(default_level="INFO")
+    try:
+        metrics_port = worker_metrics.serve_from_env()
+    except (ValueError, OSError) as exc:
+        return _fail(args, f"metrics: {exc}", EXIT_USAGE)
+    if metrics_port is not None:
+        log.info("serving metrics on port %d", metrics_port)
     report = asyncio.run(_work_async(store, options, handler))
     print(
         f"work: took {report.taken} runs, finished {report.finished}, handed back "

@@ -21,6 +21,7 @@ from typing import Any
 
 from runlog.errors import ClaimLost, RunTerminal
 
+from . import worker_metrics
 from .ajobs import AsyncJob
 from .bridge import AsyncBridge
 from .consumer import QueueSettings, check_worker
@@ -106,6 +107,7 @@ class Worker:
         async with contextlib.aclosing(jobs):
             async for job in jobs:
                 self.report.taken += 1
+                worker_metrics.record_taken(job.resumed)
                 await self._work(job)
                 if self.hand_back.is_set():
                     break  # the iterator hands the job back as it closes
@@ -122,11 +124,13 @@ class Worker:
                 await asyncio.wait({task})
         if task.cancelled():
             self.report.handed_back += 1
+            worker_metrics.record_outcome("handed_back")
             log.info("handing run %r back (shutting down)", job.run_id)
             return
         exc = task.exception()
         if isinstance(exc, ClaimLost) or job.lost:
             self.report.lost += 1
+            worker_metrics.record_outcome("lost")
             why = f"write refused: {exc}" if exc is not None else "taken over by another worker"
             log.warning("dropped run %r (%s)", job.run_id, why)
             return
@@ -136,10 +140,12 @@ class Worker:
             # A handler that raised or returned without finishing would fail the same way
             # on any worker: the run halts instead of going round the queue for ever.
             self.report.failed += 1
+            worker_metrics.record_outcome("failed")
             with contextlib.suppress(ClaimLost, RunTerminal):
                 await job.run.finish("halted", halt_class="runner_error")
             return
         self.report.finished += 1
+        worker_metrics.record_outcome("finished")
 
 
 def demo_handler(pace_s: float = DEFAULT_PACE_S) -> Handler:

@@ -33,7 +33,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    start_http_server,
 )
 from prometheus_client import gc_collector as _gc
 from prometheus_client import platform_collector as _platform
@@ -202,16 +201,6 @@ WEBHOOK_PENDING = Gauge(
     registry=REGISTRY,
 )
 
-WORKER_CLAIMS = Counter(
-    "mantis_worker_claims_total",
-    "Queued runs a worker claimed (exposed by the worker process itself).",
-    registry=REGISTRY,
-)
-WORKER_TAKEOVERS = Counter(
-    "mantis_worker_takeovers_total",
-    "Runs a worker took over from a worker that stopped renewing its claim.",
-    registry=REGISTRY,
-)
 
 # -- configuration ---------------------------------------------------------------------
 
@@ -340,24 +329,6 @@ def record_poll(outcome: str) -> None:
 def record_webhook_delivery(outcome: str) -> None:
     """A webhook attempt's outcome: ``delivered``, ``retry``, ``failed``."""
     _webhook_child(outcome).inc()
-
-
-def record_claim() -> None:
-    """A worker claimed a queued run."""
-    WORKER_CLAIMS.inc()
-
-
-def record_takeover() -> None:
-    """A worker took a run over from a dead one."""
-    WORKER_TAKEOVERS.inc()
-
-
-def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
-    """For a process without the API (a worker): serve ``/metrics`` on ``port`` in a thread.
-
-    The worker calls it when MANTIS_METRICS_PORT is set.
-    """
-    start_http_server(port, host, registry=REGISTRY)
 
 
 def set_webhook_pending(n: int) -> None:

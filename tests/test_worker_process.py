@@ -4,10 +4,12 @@ SIGTERM shutdown (CONTRACT section 7)."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +33,7 @@ from .queue_support import (
     submit_plan,
     wait_for,
 )
-from .redis_server import running_redis
+from .redis_server import free_port, running_redis
 
 
 @pytest.fixture
@@ -217,3 +219,34 @@ def test_worker_exits_with_a_clear_error_when_the_store_goes(tmp_path: Path) -> 
     output = worker.output()
     assert "runner_bridge work: error: cannot reach the store at" in output
     assert "Traceback" not in output
+
+
+def test_a_worker_serves_its_metrics(workers: Workers, redis_url: str) -> None:
+    port = free_port()
+    steps = plan(2)
+    submit_plan(redis_url, "m1", steps)
+    proc = workers.start("w1", "--demo", "--pace-s", "0.01", MANTIS_METRICS_PORT=str(port))
+    wait_for(lambda: is_phase(redis_url, "m1", "complete"), "m1 to complete")
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    # The outcome is counted just after the run's last write: wait for it to show.
+    wait_for(lambda: 'mantis_worker_runs_total{outcome="finished"} 1.0' in scrape(), "metrics")
+    text = scrape()
+    assert "mantis_worker_claims_total 1.0" in text
+    assert "mantis_worker_takeovers_total 0.0" in text
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+
+
+def test_a_bad_metrics_port_is_named(redis_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MANTIS_")}
+    env.update(MANTIS_REDIS_URL=redis_url, MANTIS_METRICS_PORT="ninety")
+    done = subprocess.run(
+        [sys.executable, "-m", "runner_bridge", "work", "--demo"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert done.returncode == 2
+    assert "MANTIS_METRICS_PORT must be a port number, got 'ninety'" in done.stderr
