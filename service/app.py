@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 
-from .appkeys import HUB, READER, SETTINGS, STORE, TICKETS, TOKENS
+from .appkeys import HUB, READER, SETTINGS, STORE, TICKETS, TOKENS, WEBHOOKS
 from .auth import TokenTable
 from .cors import Cors
 from .errors import error_middleware
@@ -18,10 +19,21 @@ from .store import LogReader
 from .store_client import StoreClient
 from .tickets import ticket_book
 from .views import create_ticket, health, run_events
+from .webhooks import routes as webhook_routes
+from .webhooks.runtime import Webhooks, webhooks_context
 
 
-def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Application:
-    """Build the app; no I/O happens until it starts (see the cleanup contexts)."""
+def create_app(
+    settings: Settings,
+    tokens: TokenTable,
+    redis_url: str,
+    *,
+    resolver_factory: Callable[[], AbstractResolver] | None = None,
+) -> web.Application:
+    """Build the app; no I/O happens until it starts (see the cleanup contexts).
+
+    ``resolver_factory`` makes the DNS resolver webhooks check and connect with (tests
+    hand in one that maps names as they please)."""
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[TOKENS] = tokens
@@ -33,6 +45,7 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
     app.router.add_get("/v1/runs/{run_id}", get_run)
     app.router.add_post("/v1/runs/{run_id}/cancel", cancel_run)
     app.router.add_get("/healthz", health)
+    webhook_routes.add_routes(app)
 
     async def redis_and_hub(app: web.Application) -> AsyncIterator[None]:
         # A bounded pool for reads plus one pub/sub connection: the pod's connection count
@@ -58,6 +71,19 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
         if HUB in app:
             app[HUB].end_all("shutdown")
 
+    def publish_webhooks(hooks: Webhooks) -> None:
+        app[WEBHOOKS] = hooks
+
     app.cleanup_ctx.append(redis_and_hub)
+    # Every pod dispatches webhooks for every tenant of its token table (see docs/webhooks.md).
+    app.cleanup_ctx.append(
+        webhooks_context(
+            settings,
+            [tenant for tenant, _ in tokens.entries],
+            lambda: app[STORE],
+            publish_webhooks,
+            resolver_factory,
+        )
+    )
     app.on_shutdown.append(end_streams)
     return app

@@ -10,6 +10,7 @@ from .settings import Settings
 from .store import LogReader
 from .store_client import StoreClient
 from .tickets import TicketBook
+from .webhooks.runtime import Webhooks
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenTable)
@@ -17,3 +18,4 @@ TICKETS = web.AppKey("tickets", TicketBook)
 STORE = web.AppKey("store", StoreClient)
 HUB = web.AppKey("hub", Hub)
 READER = web.AppKey("reader", LogReader)
+WEBHOOKS = web.AppKey("webhooks", Webhooks)

@@ -27,6 +27,40 @@ def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool 
     return value
 
 
+DEFAULT_WEBHOOK_RETRY_S = (5.0, 30.0, 120.0, 600.0, 1800.0, 7200.0, 21600.0)
+MAX_WEBHOOK_RETRIES = 20
+
+
+def _delays(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    delays: list[float] = []
+    for position, part in enumerate(raw.split(","), start=1):
+        try:
+            value = float(part)
+        except ValueError:
+            raise SettingsError(
+                f"{name} must list delays in seconds separated by commas; item {position} "
+                f"is {part.strip()!r}"
+            ) from None
+        if not 0 <= value <= 86_400:
+            raise SettingsError(f"{name}: item {position} must be between 0 and 86400 seconds")
+        delays.append(value)
+    if len(delays) > MAX_WEBHOOK_RETRIES:
+        raise SettingsError(f"{name} lists more than {MAX_WEBHOOK_RETRIES} retries")
+    return tuple(delays)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be 1 or 0, got {raw!r}")
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
 
@@ -50,6 +84,11 @@ class Settings:
     ticket_secret: str | None = field(default=None, repr=False)
     redis_max_connections: int = 16
     replay_cache_bytes: int = 64 * 1024 * 1024
+    webhook_retry_s: tuple[float, ...] = DEFAULT_WEBHOOK_RETRY_S
+    webhook_concurrency: int = 64
+    webhook_endpoint_concurrency: int = 16
+    webhook_allow_private: bool = False
+    webhook_allow_http: bool = False
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
@@ -86,4 +125,11 @@ class Settings:
             replay_cache_bytes=int(
                 _number(env, "MANTIS_REPLAY_CACHE_BYTES", 64 * 1024 * 1024, integer=True)
             ),
+            webhook_retry_s=_delays(env, "MANTIS_WEBHOOK_RETRY_S", DEFAULT_WEBHOOK_RETRY_S),
+            webhook_concurrency=int(_number(env, "MANTIS_WEBHOOK_CONCURRENCY", 64, integer=True)),
+            webhook_endpoint_concurrency=int(
+                _number(env, "MANTIS_WEBHOOK_ENDPOINT_CONCURRENCY", 16, integer=True)
+            ),
+            webhook_allow_private=_flag(env, "MANTIS_WEBHOOK_ALLOW_PRIVATE"),
+            webhook_allow_http=_flag(env, "MANTIS_WEBHOOK_ALLOW_HTTP"),
         )

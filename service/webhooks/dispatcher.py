@@ -1,0 +1,237 @@
+"""The pod's webhook dispatcher: feed events -> deliveries -> attempts, in a loop.
+
+Every pod runs one. Each tick is one pipelined round trip to Redis: for every tenant,
+``INGEST`` (new feed events become deliveries, exactly once whoever runs it) and ``CLAIM``
+(due deliveries leased to this pod, as many as it has free slots for). Attempts run as
+tasks, at most ``concurrency`` in the pod and ``per_endpoint`` per endpoint; each answer is
+written by ``RECORD``, fenced by its claim number. A pod that dies holding leases loses
+nothing: its claims come due again when their leases end, on any pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+from redis.exceptions import RedisError
+
+from runlog.calls import Call
+
+from .sender import ATTEMPT_TIMEOUT_S, Outcome, Sender
+from .store import INGEST_BATCH, Claim, WebhookStore, now_ms
+
+log = logging.getLogger("mantis.webhooks")
+
+POLL_S = 0.1
+MAX_BACKOFF_S = 5.0
+JITTER = 0.1
+STOP_GRACE_S = 5.0
+RECORD_TRIES = 6
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    """How the dispatcher paces itself (from ``Settings``)."""
+
+    retry_s: tuple[float, ...]
+    concurrency: int
+    per_endpoint: int
+    retention_s: int
+    # A lease outlives an attempt's whole time limit with room to record its answer.
+    lease_s: float = ATTEMPT_TIMEOUT_S + 20.0
+    poll_s: float = POLL_S
+
+    @property
+    def max_attempts(self) -> int:
+        return 1 + len(self.retry_s)
+
+
+def retry_delay(delays: Sequence[float], attempt: int) -> float | None:
+    """Seconds before the retry that follows attempt ``attempt`` (1-based), jittered by at
+    most ``JITTER`` of the delay either way; None when the retries are used up."""
+    if attempt > len(delays):
+        return None
+    base = delays[attempt - 1]
+    return max(0.0, base * (1 + random.uniform(-JITTER, JITTER)))
+
+
+class Dispatcher:
+    """Runs the loop as a task between ``start`` and ``stop``."""
+
+    def __init__(
+        self,
+        hooks: WebhookStore,
+        tenants: Sequence[str],
+        sender: Sender,
+        config: DispatchConfig,
+    ) -> None:
+        self._hooks = hooks
+        self._tenants = list(dict.fromkeys(tenants))
+        self._sender = sender
+        self._config = config
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._busy: dict[tuple[str, str], int] = {}
+        self._wake = asyncio.Event()
+        self._more = False
+        self._starved = False
+        self._turn = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._sender.open()
+        self._task = asyncio.create_task(self._loop(), name="webhook-dispatcher")
+
+    async def stop(self) -> None:
+        """Stop claiming, give attempts in flight a moment to finish, then cancel them
+        (a cancelled attempt's lease ends and another pod makes it again)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=STOP_GRACE_S)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self._sender.close()
+
+    async def _loop(self) -> None:
+        delay = self._config.poll_s
+        while True:
+            try:
+                await self._tick()
+                delay = self._config.poll_s
+            except (RedisError, OSError) as exc:
+                self._more = False
+                log.warning("webhooks: store unreachable (%s); retrying", type(exc).__name__)
+                delay = min(MAX_BACKOFF_S, delay * 2)
+            if self._more:
+                await asyncio.sleep(0)  # let attempts run between back-to-back ticks
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _shares(self, free: int) -> list[tuple[str, int]]:
+        """Split ``free`` slots over the tenants, turn by turn, never more than ``free``."""
+        n = len(self._tenants)
+        order = self._tenants[self._turn % n :] + self._tenants[: self._turn % n]
+        self._turn += 1
+        base, extra = divmod(free, n)
+        return [(t, base + (1 if i < extra else 0)) for i, t in enumerate(order)
+                if base + (1 if i < extra else 0) > 0]
+
+    async def _tick(self) -> None:
+        if not self._tenants:
+            return
+        cfg = self._config
+        calls: list[Call] = [self._hooks.ingest_call(t, cfg.retention_s) for t in self._tenants]
+        free = cfg.concurrency - len(self._inflight)
+        shares = self._shares(free) if free > 0 else []
+        for tenant, take in shares:
+            busy = {e: c for (t, e), c in self._busy.items() if t == tenant and c > 0}
+            calls.append(
+                self._hooks.claim_call(
+                    tenant,
+                    take=take,
+                    lease_ms=int(cfg.lease_s * 1000),
+                    per_endpoint=cfg.per_endpoint,
+                    max_attempts=cfg.max_attempts,
+                    retention_s=cfg.retention_s,
+                    busy=busy,
+                )
+            )
+        replies = await self._hooks.run_calls(calls)
+        more = False
+        for reply in replies[: len(self._tenants)]:
+            if isinstance(reply, Exception):
+                raise reply
+            more = more or int(reply) >= INGEST_BATCH
+        for (tenant, take), reply in zip(shares, replies[len(self._tenants) :], strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            claims = WebhookStore.claims_from(tenant, reply)
+            more = more or len(claims) >= take
+            for claim in claims:
+                self._launch(claim)
+        # Full shares mean more may be due: tick again as soon as a slot frees.
+        self._more = more and len(self._inflight) < cfg.concurrency
+        self._starved = more
+
+    def _launch(self, claim: Claim) -> None:
+        key = (claim.tenant, claim.endpoint.id)
+        self._busy[key] = self._busy.get(key, 0) + 1
+        task = asyncio.create_task(self._deliver(claim))
+        self._inflight.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._inflight.discard(t)
+            left = self._busy.get(key, 1) - 1
+            if left > 0:
+                self._busy[key] = left
+            else:
+                self._busy.pop(key, None)
+            if self._starved:
+                self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _deliver(self, claim: Claim) -> None:
+        outcome = await self._sender.attempt(claim)
+        await self._record(claim, outcome)
+
+    async def _record(self, claim: Claim, outcome: Outcome) -> None:
+        cfg = self._config
+        delay = None if outcome.delivered else retry_delay(cfg.retry_s, claim.claim)
+        if outcome.delivered:
+            verdict, next_ms = "delivered", 0
+        elif delay is not None:
+            verdict, next_ms = "retry", now_ms() + int(delay * 1000)
+        else:
+            verdict, next_ms = "failed", 0
+        attempt = orjson.dumps(
+            {
+                "at_ms": outcome.at_ms,
+                "status_code": outcome.status_code,
+                "error": outcome.error,
+                "duration_ms": outcome.duration_ms,
+            }
+        )
+        call = self._hooks.record_call(claim, verdict, attempt, next_ms, cfg.retention_s)
+        if not outcome.delivered:
+            log.info(
+                "webhooks: delivery %s to endpoint %s attempt %d: %s -> %s",
+                claim.delivery_id,
+                claim.endpoint.id,
+                claim.claim,
+                outcome.status_code if outcome.error is None else outcome.error,
+                verdict,
+            )
+        pause = 0.2
+        for _ in range(RECORD_TRIES):
+            try:
+                (reply,) = await self._hooks.run_calls([call])
+            except (RedisError, OSError):
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            if isinstance(reply, Exception):
+                log.error("webhooks: recording %s failed: %s", claim.delivery_id, reply)
+            elif not reply:
+                log.info("webhooks: late answer for %s ignored (lease taken over)",
+                         claim.delivery_id)
+            return
+        # The lease will end and another attempt be made: at least once, never lost.
+        log.warning("webhooks: could not record %s; it will be attempted again",
+                    claim.delivery_id)
+
+    def stats(self) -> dict[str, int]:
+        """In-flight counts, for tests and metrics."""
+        return {"in_flight": len(self._inflight)}
