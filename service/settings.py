@@ -87,6 +87,7 @@ class Settings:
     webhook_retry_s: tuple[float, ...] = DEFAULT_WEBHOOK_RETRY_S
     webhook_concurrency: int = 64
     webhook_endpoint_concurrency: int = 16
+    webhook_timeout_s: float = 10.0
     webhook_allow_private: bool = False
     webhook_allow_http: bool = False
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -130,6 +131,7 @@ class Settings:
             webhook_endpoint_concurrency=int(
                 _number(env, "MANTIS_WEBHOOK_ENDPOINT_CONCURRENCY", 16, integer=True)
             ),
+            webhook_timeout_s=_number(env, "MANTIS_WEBHOOK_TIMEOUT_S", 10.0),
             webhook_allow_private=_flag(env, "MANTIS_WEBHOOK_ALLOW_PRIVATE"),
             webhook_allow_http=_flag(env, "MANTIS_WEBHOOK_ALLOW_HTTP"),
         )

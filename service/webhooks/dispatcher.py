@@ -42,13 +42,18 @@ class DispatchConfig:
     concurrency: int
     per_endpoint: int
     retention_s: int
-    # A lease outlives an attempt's whole time limit with room to record its answer.
-    lease_s: float = ATTEMPT_TIMEOUT_S + 20.0
+    lease_s: float = 2 * ATTEMPT_TIMEOUT_S + 1.0
     poll_s: float = POLL_S
 
     @property
     def max_attempts(self) -> int:
         return 1 + len(self.retry_s)
+
+
+def lease_for(timeout_s: float) -> float:
+    """A claim's lease: twice an attempt's time limit and a second, room enough to record
+    the answer of an attempt that used all of its time."""
+    return 2 * timeout_s + 1.0
 
 
 def retry_delay(delays: Sequence[float], attempt: int) -> float | None:
@@ -116,8 +121,11 @@ class Dispatcher:
                 await asyncio.sleep(0)  # let attempts run between back-to-back ticks
                 continue
             self._wake.clear()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            # that arrives as the wait ends, and then stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     def _shares(self, free: int) -> list[tuple[str, int]]:
         """Split ``free`` slots over the tenants, turn by turn, never more than ``free``."""

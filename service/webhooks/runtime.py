@@ -11,7 +11,7 @@ from aiohttp.abc import AbstractResolver
 
 from ..settings import Settings
 from ..store_client import StoreClient
-from .dispatcher import DispatchConfig, Dispatcher
+from .dispatcher import DispatchConfig, Dispatcher, lease_for
 from .guard import AddressPolicy
 from .sender import Sender
 from .store import WebhookStore
@@ -40,6 +40,7 @@ def dispatch_config(settings: Settings) -> DispatchConfig:
         concurrency=settings.webhook_concurrency,
         per_endpoint=settings.webhook_endpoint_concurrency,
         retention_s=settings.retention_s,
+        lease_s=lease_for(settings.webhook_timeout_s),
     )
 
 
@@ -67,6 +68,7 @@ def webhooks_context(
                 limit=settings.webhook_concurrency,
                 limit_per_host=settings.webhook_endpoint_concurrency,
                 resolver_factory=make_resolver,
+                timeout_s=settings.webhook_timeout_s,
             ),
             dispatch_config(settings),
         )

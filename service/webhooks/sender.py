@@ -63,7 +63,7 @@ def headers_for(claim: Claim, body: bytes, timestamp: int) -> dict[str, str]:
     }
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, timeout_s: float) -> str:
     # Messages of our own making only: an exception's text may quote the URL.
     if isinstance(exc, BlockedAddress):
         return "blocked: the endpoint's address is not public"
@@ -76,7 +76,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"connect: {exc.os_error.strerror or type(exc.os_error).__name__}"
     if isinstance(exc, TimeoutError):
-        return f"timeout: no answer within {ATTEMPT_TIMEOUT_S:g} s"
+        return f"timeout: no answer within {timeout_s:g} s"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "disconnected: the endpoint closed the connection"
     return f"error: {type(exc).__name__}"
@@ -141,7 +141,7 @@ class Sender:
                 await _read_bounded(response)
                 status = response.status
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            error = _describe(exc)
+            error = _describe(exc, self._timeout_s)
         duration_ms = int((time.monotonic() - started) * 1000)
         if status is not None and 300 <= status < 400:
             error = "redirect: not followed"
