@@ -23,14 +23,13 @@ class Received:
 @dataclass
 class Receiver:
     """Answers by path: ``/ok/..`` 200; ``/flaky/<n>/..`` 500 for the first n requests of
-    each webhook-id; ``/every/<k>/..`` 500 for every k-th request; ``/hang/..`` never answers
+    each webhook-id; ``/every/<k>/..`` 503 for the first request of every k-th webhook-id; ``/hang/..`` never answers
     the first request of each webhook-id; ``/redirect/..`` 302 to ``/ok/..``."""
 
     base: str = ""
     got: list[Received] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     _seen: Counter[str] = field(default_factory=Counter)
-    _count: int = 0
     _runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -56,12 +55,11 @@ class Receiver:
         parts = request.path.strip("/").split("/")
         wid = request.headers.get("webhook-id", "")
         self._seen[wid] += 1
-        self._count += 1
         status = 200
         kind = parts[0]
         if kind == "flaky" and self._seen[wid] <= int(parts[1]):
             status = 500
-        elif kind == "every" and self._count % int(parts[1]) == 0:
+        elif kind == "every" and self._seen[wid] == 1 and len(self._seen) % int(parts[1]) == 0:
             status = 503
         elif kind == "redirect":
             status = 302

@@ -84,6 +84,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._more = False
         self._starved = False
+        self._stopping = False
         self._turn = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -94,6 +95,10 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stop claiming, give attempts in flight a moment to finish, then cancel them
         (a cancelled attempt's lease ends and another pod makes it again)."""
+        # A flag as well as a cancellation: a library deep in a Redis call may swallow a
+        # cancellation that lands just as its call completes, and the loop must end anyway.
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -109,7 +114,7 @@ class Dispatcher:
 
     async def _loop(self) -> None:
         delay = self._config.poll_s
-        while True:
+        while not self._stopping:
             try:
                 await self._tick()
                 delay = self._config.poll_s
@@ -117,6 +122,8 @@ class Dispatcher:
                 self._more = False
                 log.warning("webhooks: store unreachable (%s); retrying", type(exc).__name__)
                 delay = min(MAX_BACKOFF_S, delay * 2)
+            if self._stopping:
+                return
             if self._more:
                 await asyncio.sleep(0)  # let attempts run between back-to-back ticks
                 continue
