@@ -22,6 +22,7 @@ import orjson
 from runlog.keys import log_key, meta_key
 
 from .env import TENANT, Env, command_delta
+from .hooks import DELIVERIES_PER_RUN, Receiver, finish_runs, register
 from .procs import CLIENT_CORE, ROOT, Meter, pinned, rss_kb
 from .sizes import Sizes
 
@@ -503,4 +504,58 @@ async def tail(env: Env, sz: Sizes) -> Result:
     }
     return {"figures": figures,
             "detail": {"stdout": out.decode()[-500:], "stderr": err.decode()[-500:]},
+            "problems": problems}
+
+
+async def webhooks(env: Env, sz: Sizes) -> Result:
+    """Webhook deliveries per second of one pod to a local receiver (2 endpoints, a backlog
+    of finished runs), while a hot stream runs: the stream's p99 must not suffer."""
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        for n in range(2):
+            await register(env.admin, TENANT, f"{receiver.base}/hook/{n}")
+        await env.publisher.call("open", runs=["hot"])
+        conn = await env.loadgen.call(
+            "connect", groups=[{"run": "hot", "clients": sz.hook_stream_clients}],
+            min_events=2, wait_s=300 * sz.timeout_scale,
+        )
+        meter = env.meter()
+        await env.publisher.call("start", runs=["hot"], rate=sz.hot_rate)
+        expected = sz.hook_runs * DELIVERIES_PER_RUN * 2
+        made_per_s = await finish_runs(env.redis.url, TENANT, sz.hook_runs)
+        await asyncio.sleep(sz.hot_warmup_s)
+        t0 = time.monotonic()
+        window = await measure_window(env, meter, sz.hook_window_s)
+        t1 = time.monotonic()
+        in_window = receiver.count_between(t0, t1)
+        stopped = await env.publisher.call("stop")
+        await env.publisher.call("finish", runs=["hot"])
+        done = await env.loadgen.call(
+            "wait_done", expect_last=stopped["last_seq"], wait_s=180 * sz.timeout_scale
+        )
+        await receiver.wait_for(expected, 120 * sz.timeout_scale)
+    finally:
+        await receiver.stop()
+    problems = _connect_problems(conn) + _done_problems(done)
+    if len(receiver.ids) != expected:
+        problems.append(f"webhooks: {len(receiver.ids)}/{expected} distinct deliveries")
+    if receiver.dups:
+        problems.append(f"webhooks: {receiver.dups} duplicate deliveries")
+    backlog_left = expected - len(receiver.ids)
+    figures = {
+        "deliveries_per_s": in_window / max(1e-9, t1 - t0),
+        "deliveries": len(receiver.ids),
+        "duplicates": receiver.dups,
+        "runs_made_per_s": made_per_s,
+        "drained": backlog_left == 0,
+        "stream_clients": conn["ready"],
+        **{k: window[k] for k in (
+            "p50_ms", "p99_ms", "max_ms", "service_cpu_pct", "redis_cpu_pct",
+            "loadgen_cpu_pct", "client_bound", "foreign_core0_pct",
+        )},
+        "gaps": done["gaps"],
+        "dups": done["dups"],
+    }
+    return {"figures": figures, "detail": {"connect": conn, "window": window, "done": done},
             "problems": problems}

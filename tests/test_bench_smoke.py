@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {
     "fanout", "fanout_asyncio", "idle", "hot_run", "replay_storm", "redis_per_pod", "bridge",
-    "tail",
+    "tail", "webhooks",
 }
 # The keys each scenario's figures must carry (the table is built from them).
 FIGURES = {
@@ -30,6 +30,7 @@ FIGURES = {
                       "service_conns_w1", "service_conns_w10"],
     "bridge": ["pipelined_appends_per_s", "sequential_appends_per_s"],
     "tail": ["measured"],
+    "webhooks": ["deliveries_per_s", "p99_ms", "duplicates"],
 }
 
 
