@@ -165,6 +165,7 @@ class Dispatcher:
             )
         replies = await self._hooks.run_calls(calls)
         more = False
+        claimed = 0
         for reply in replies[: len(self._tenants)]:
             if isinstance(reply, Exception):
                 raise reply
@@ -174,11 +175,14 @@ class Dispatcher:
                 raise reply
             claims = WebhookStore.claims_from(tenant, reply)
             more = more or len(claims) >= take
+            claimed += len(claims)
             for claim in claims:
                 self._launch(claim)
-        # Full shares mean more may be due: tick again as soon as a slot frees.
+        # Full shares: more is due now, tick again at once if slots are free. Any claim at
+        # all: more may be due behind an endpoint at its cap, so the next finished attempt
+        # wakes the loop (attempts that finish during a tick's round trip share one tick).
         self._more = more and len(self._inflight) < cfg.concurrency
-        self._starved = more
+        self._starved = more or claimed > 0
 
     def _launch(self, claim: Claim) -> None:
         key = (claim.tenant, claim.endpoint.id)
