@@ -8,11 +8,10 @@ import time
 import orjson
 from aiohttp import web
 
-from runlog import keys
 from runlog.calls import LogLimits
 from runner_bridge import AsyncBridge
-from service.webhooks import scripts
 from service.webhooks.model import Endpoint, new_endpoint_id, new_secret
+from service.webhooks.store import WebhookStore
 
 # Deliveries per run for an endpoint taking both types: run.phase for queued, running and
 # complete, and run.finished.
@@ -78,10 +77,8 @@ async def register(admin: object, tenant: str, url: str) -> None:
     """Register an endpoint straight in Redis (the bench has no tenant token at hand)."""
     endpoint = Endpoint(id=new_endpoint_id(), url=url, events=("run.phase", "run.finished"),
                         secret=new_secret(), created_at="bench")
-    await admin.eval(  # type: ignore[attr-defined]
-        scripts.REGISTER, 2, keys.webhooks_key(tenant), keys.feed_keys(tenant)[0],
-        endpoint.id, endpoint.stored(), 20,
-    )
+    source, keys_, args = WebhookStore.register_call(tenant, endpoint)
+    await admin.eval(source, len(keys_), *keys_, *args)  # type: ignore[attr-defined]
 
 
 async def finish_runs(url: str, tenant: str, count: int, concurrency: int = 50) -> float:

@@ -23,8 +23,9 @@ class Received:
 @dataclass
 class Receiver:
     """Answers by path: ``/ok/..`` 200; ``/flaky/<n>/..`` 500 for the first n requests of
-    each webhook-id; ``/every/<k>/..`` 503 for the first request of every k-th webhook-id; ``/hang/..`` never answers
-    the first request of each webhook-id; ``/redirect/..`` 302 to ``/ok/..``."""
+    each webhook-id; ``/every/<k>/..`` 503 for the first request of every k-th webhook-id;
+    ``/hang/..`` never answers the first request of each webhook-id; ``/redirect/..`` 302
+    to ``/ok/..``."""
 
     base: str = ""
     got: list[Received] = field(default_factory=list)
@@ -74,7 +75,7 @@ class Receiver:
     def on(self, prefix: str) -> list[Received]:
         return [r for r in self.got if r.path.startswith(prefix)]
 
-    async def wait_for(self, predicate: Any, timeout: float = 30.0) -> None:
+    async def wait_for(self, predicate: Any, limit_s: float = 30.0) -> None:
         """Until ``predicate()`` holds (re-checked on every request received)."""
 
         async def loop() -> None:
@@ -82,7 +83,7 @@ class Receiver:
                 self.changed.clear()
                 await self.changed.wait()
 
-        await asyncio.wait_for(loop(), timeout)
+        await asyncio.wait_for(loop(), limit_s)
 
 
 class MapResolver(AbstractResolver):

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runlog.calls import Call
 
@@ -28,6 +30,9 @@ from .store import INGEST_BATCH, Claim, WebhookStore, now_ms
 log = logging.getLogger("mantis.webhooks")
 
 POLL_S = 0.1
+# How often a pod looks for tenants that have endpoints (a registration on this pod tells
+# it at once). A pod with no endpoint anywhere sends Redis one command per this period.
+SCAN_S = 2.0
 MAX_BACKOFF_S = 5.0
 JITTER = 0.1
 STOP_GRACE_S = 5.0
@@ -77,6 +82,8 @@ class Dispatcher:
     ) -> None:
         self._hooks = hooks
         self._tenants = list(dict.fromkeys(tenants))
+        self._active: list[str] = []
+        self._next_scan = 0.0
         self._sender = sender
         self._config = config
         self._inflight: set[asyncio.Task[None]] = set()
@@ -112,15 +119,26 @@ class Dispatcher:
                 await asyncio.wait(pending)
         await self._sender.close()
 
+    def wake(self, rescan: bool = False) -> None:
+        """Tick now; ``rescan``: look again for tenants with endpoints (one was added)."""
+        if rescan:
+            self._next_scan = 0.0
+        self._wake.set()
+
     async def _loop(self) -> None:
         delay = self._config.poll_s
         while not self._stopping:
             try:
                 await self._tick()
-                delay = self._config.poll_s
-            except (RedisError, OSError) as exc:
+                delay = self._config.poll_s if self._active else SCAN_S
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self._more = False
                 log.warning("webhooks: store unreachable (%s); retrying", type(exc).__name__)
+                delay = min(MAX_BACKOFF_S, delay * 2)
+            except Exception:
+                # Whatever went wrong, the loop must outlive it: deliveries wait in Redis.
+                self._more = False
+                log.exception("webhooks: dispatcher tick failed; retrying")
                 delay = min(MAX_BACKOFF_S, delay * 2)
             if self._stopping:
                 return
@@ -136,18 +154,27 @@ class Dispatcher:
 
     def _shares(self, free: int) -> list[tuple[str, int]]:
         """Split ``free`` slots over the tenants, turn by turn, never more than ``free``."""
-        n = len(self._tenants)
-        order = self._tenants[self._turn % n :] + self._tenants[: self._turn % n]
+        n = len(self._active)
+        order = self._active[self._turn % n :] + self._active[: self._turn % n]
         self._turn += 1
         base, extra = divmod(free, n)
         return [(t, base + (1 if i < extra else 0)) for i, t in enumerate(order)
                 if base + (1 if i < extra else 0) > 0]
 
+    async def _scan(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_scan:
+            return
+        self._active = await self._hooks.tenants_with_endpoints(self._tenants)
+        self._next_scan = loop.time() + SCAN_S
+
     async def _tick(self) -> None:
-        if not self._tenants:
+        await self._scan()
+        if not self._active:
+            self._more = self._starved = False
             return
         cfg = self._config
-        calls: list[Call] = [self._hooks.ingest_call(t, cfg.retention_s) for t in self._tenants]
+        calls: list[Call] = [self._hooks.ingest_call(t, cfg.retention_s) for t in self._active]
         free = cfg.concurrency - len(self._inflight)
         shares = self._shares(free) if free > 0 else []
         for tenant, take in shares:
@@ -166,11 +193,11 @@ class Dispatcher:
         replies = await self._hooks.run_calls(calls)
         more = False
         claimed = 0
-        for reply in replies[: len(self._tenants)]:
+        for reply in replies[: len(self._active)]:
             if isinstance(reply, Exception):
                 raise reply
             more = more or int(reply) >= INGEST_BATCH
-        for (tenant, take), reply in zip(shares, replies[len(self._tenants) :], strict=True):
+        for (tenant, take), reply in zip(shares, replies[len(self._active) :], strict=True):
             if isinstance(reply, Exception):
                 raise reply
             claims = WebhookStore.claims_from(tenant, reply)

@@ -92,6 +92,7 @@ async def create_webhook(request: web.Request) -> web.Response:
         await hooks.store.register(tenant, endpoint)
     except TooManyEndpoints:
         raise WebhookLimit(f"a tenant may have at most {MAX_ENDPOINTS} webhooks") from None
+    hooks.added()
     return web.json_response(
         {**endpoint.public(), "secret": endpoint.secret},
         status=201,

@@ -21,11 +21,13 @@ ResolverFactory = Callable[[], AbstractResolver]
 
 @dataclass(frozen=True)
 class Webhooks:
-    """The store, the address policy and the resolver registration checks with."""
+    """The store, the address policy, the resolver registration checks with, and how to
+    tell this pod's dispatcher that an endpoint was added."""
 
     store: WebhookStore
     policy: AddressPolicy
     resolver: AbstractResolver
+    added: Callable[[], None]
 
 
 def policy_of(settings: Settings) -> AddressPolicy:
@@ -59,7 +61,6 @@ def webhooks_context(
         policy = policy_of(settings)
         hooks = WebhookStore(store())
         resolver = make_resolver()
-        publish(Webhooks(store=hooks, policy=policy, resolver=resolver))
         dispatcher = Dispatcher(
             hooks,
             tenants,
@@ -71,6 +72,14 @@ def webhooks_context(
                 timeout_s=settings.webhook_timeout_s,
             ),
             dispatch_config(settings),
+        )
+        publish(
+            Webhooks(
+                store=hooks,
+                policy=policy,
+                resolver=resolver,
+                added=lambda: dispatcher.wake(rescan=True),
+            )
         )
         await dispatcher.start()
         try:

@@ -14,12 +14,14 @@ from runlog.phases import TERMINAL_PHASES
 
 _TERMINAL_LUA = "{" + ", ".join(f"{p}=1" for p in sorted(TERMINAL_PHASES)) + "}"
 
-# KEYS: endpoints hash, feed meta
+# KEYS: endpoints hash, feed meta, cursor, phases
 # ARGV: endpoint id, endpoint JSON (without its feed position), max endpoints
 # The endpoint remembers the feed position it was registered at: events before it are
-# never delivered to it, however late the dispatcher reads them.
+# never delivered to it, however late the dispatcher reads them. The tenant's first
+# endpoint also moves the cursor there: no dispatcher read the feed while nobody listened.
 REGISTER = """
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+local count = redis.call('HLEN', KEYS[1])
+if count >= tonumber(ARGV[3]) then
   return redis.error_reply('LIMIT too many webhooks')
 end
 local ep = cjson.decode(ARGV[2])
@@ -27,15 +29,30 @@ local pos = redis.call('HMGET', KEYS[2], 'epoch', 'n')
 ep.from_epoch = pos[1] or ''
 ep.from_n = tonumber(pos[2] or '0')
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(ep))
+if count == 0 then
+  redis.call('DEL', KEYS[4])
+  if pos[1] then
+    redis.call('HSET', KEYS[3], 'epoch', pos[1], 'n', ep.from_n)
+  else
+    redis.call('DEL', KEYS[3])
+  end
+end
 return 1
 """
 
-# KEYS: endpoints hash, the endpoint's recent list
-# ARGV: endpoint id
-# Its pending deliveries are dropped when next claimed (their endpoint is gone).
+# KEYS: endpoints hash, the endpoint's recent list, due
+# ARGV: endpoint id, delivery prefix
+# Its pending deliveries are dropped when next claimed (their endpoint is gone); with the
+# tenant's last endpoint gone no dispatcher claims for it any more, so they go now.
 UNREGISTER = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[2])
+if redis.call('HLEN', KEYS[1]) == 0 then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    redis.call('DEL', ARGV[2] .. id)
+  end
+  redis.call('DEL', KEYS[3])
+end
 return 1
 """
 

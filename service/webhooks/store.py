@@ -70,15 +70,24 @@ class WebhookStore:
 
     # Endpoints ---------------------------------------------------------------------------
 
-    async def register(self, tenant: str, endpoint: Endpoint) -> None:
-        """Store ``endpoint`` at the tenant feed's current position."""
-        call: Call = (
+    @staticmethod
+    def register_call(tenant: str, endpoint: Endpoint) -> Call:
+        """Store ``endpoint`` at the tenant feed's current position (``scripts.REGISTER``)."""
+        return (
             scripts.REGISTER,
-            [keys.webhooks_key(tenant), keys.feed_keys(tenant)[0]],
+            [
+                keys.webhooks_key(tenant),
+                keys.feed_keys(tenant)[0],
+                keys.webhook_cursor_key(tenant),
+                keys.webhook_phases_key(tenant),
+            ],
             [endpoint.id, endpoint.stored(), MAX_ENDPOINTS],
         )
+
+    async def register(self, tenant: str, endpoint: Endpoint) -> None:
+        """Store ``endpoint``; ``TooManyEndpoints`` past ``MAX_ENDPOINTS``."""
         try:
-            await self._one(call)
+            await self._one(self.register_call(tenant, endpoint))
         except ResponseError as exc:
             if str(exc).startswith("LIMIT"):
                 raise TooManyEndpoints() from None
@@ -98,8 +107,12 @@ class WebhookStore:
     async def unregister(self, tenant: str, endpoint_id: str) -> bool:
         call: Call = (
             scripts.UNREGISTER,
-            [keys.webhooks_key(tenant), keys.webhook_recent_key(tenant, endpoint_id)],
-            [endpoint_id],
+            [
+                keys.webhooks_key(tenant),
+                keys.webhook_recent_key(tenant, endpoint_id),
+                keys.webhook_due_key(tenant),
+            ],
+            [endpoint_id, keys.webhook_delivery_prefix(tenant)],
         )
         return bool(await self._one(call))
 
@@ -120,6 +133,17 @@ class WebhookStore:
         return [delivery_view(n, f) for n, f in zip(names, rows, strict=True) if f]
 
     # The dispatcher's steps --------------------------------------------------------------
+
+    async def tenants_with_endpoints(self, tenants: Sequence[str]) -> list[str]:
+        """Those of ``tenants`` that have at least one endpoint (one round trip)."""
+        if not tenants:
+            return []
+        client = await self._store.get()
+        pipe = client.pipeline(transaction=False)
+        for tenant in tenants:
+            pipe.hlen(keys.webhooks_key(tenant))
+        counts = await pipe.execute()
+        return [t for t, n in zip(tenants, counts, strict=True) if int(n) > 0]
 
     def ingest_call(self, tenant: str, retention_s: int) -> Call:
         """Turn the tenant's next feed events into deliveries (see ``scripts.INGEST``)."""
