@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runlog.calls import Call
 
+from .batch import CallBatcher
 from .sender import ATTEMPT_TIMEOUT_S, Outcome, Sender
 from .store import INGEST_BATCH, Claim, WebhookStore, now_ms
 
@@ -85,6 +86,7 @@ class Dispatcher:
         self._active: list[str] = []
         self._next_scan = 0.0
         self._sender = sender
+        self._records = CallBatcher(hooks.run_calls)
         self._config = config
         self._inflight: set[asyncio.Task[None]] = set()
         self._busy: dict[tuple[str, str], int] = {}
@@ -117,6 +119,7 @@ class Dispatcher:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        await self._records.aclose()
         await self._sender.close()
 
     def wake(self, rescan: bool = False) -> None:
@@ -263,7 +266,7 @@ class Dispatcher:
         pause = 0.2
         for _ in range(RECORD_TRIES):
             try:
-                (reply,) = await self._hooks.run_calls([call])
+                reply = await self._records.submit(call)
             except (RedisError, OSError):
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
