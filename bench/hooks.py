@@ -81,15 +81,21 @@ async def register(admin: object, tenant: str, url: str) -> None:
     await admin.eval(source, len(keys_), *keys_, *args)  # type: ignore[attr-defined]
 
 
-async def finish_runs(url: str, tenant: str, count: int, concurrency: int = 50) -> float:
-    """Open, start and complete ``count`` runs; returns runs per second."""
+async def finish_runs(
+    url: str, tenant: str, count: int, *, prefix: str = RUN_PREFIX, rate: float | None = None,
+    concurrency: int = 50,
+) -> float:
+    """Open, start and complete ``count`` runs, at ``rate`` runs/s or as fast as possible;
+    returns the runs per second achieved."""
     started = time.monotonic()
     async with AsyncBridge.from_url(url, limits=LogLimits()) as bridge:
         sem = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:
+            if rate is not None:
+                await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
             async with sem:
-                run = await bridge.open_run(f"{RUN_PREFIX}{i}", tenant=tenant)
+                run = await bridge.open_run(f"{prefix}{i}", tenant=tenant)
                 await run.set_phase("running")
                 await run.finish("complete")
 

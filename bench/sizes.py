@@ -39,7 +39,9 @@ class Sizes:
     bridge_batch: int = 100
     bridge_sequential: int = 3_000
     tail_lines: int = 20_000
-    # webhooks: finished runs (8 deliveries each over 2 endpoints) while a stream runs
+    # webhooks: runs finishing (8 deliveries each over 2 endpoints) while a stream runs:
+    # paced (150 runs/s = 1,200 deliveries/s), then a backlog of hook_runs
+    hook_paced_runs_per_s: float = 150.0
     hook_runs: int = 2_500
     hook_stream_clients: int = 200
     hook_window_s: float = 10.0
@@ -73,7 +75,7 @@ SMOKE = Sizes(
     storm_clients=10, storm_events=300,
     cmd_watchers=(1, 10), cmd_events=50,
     bridge_rows=500, bridge_batch=100, bridge_sequential=100, tail_lines=200,
-    hook_runs=30, hook_stream_clients=10, hook_window_s=1.0,
+    hook_paced_runs_per_s=20.0, hook_runs=30, hook_stream_clients=10, hook_window_s=1.0,
     asyncio_fan_reps=1, asyncio_idle_reps=0, timeout_scale=0.5, noisy_retries=0,
     quiet_wait_s=0.0,
 )
