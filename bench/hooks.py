@@ -1,9 +1,12 @@
-"""The webhooks scenario's parts: a local receiver and a burst of finished runs."""
+"""The webhooks scenario's parts: a local receiver and runs that finish, each served as a
+load process (``python -m bench.hooks``, ops over stdin like the other workers) so that
+neither loads the orchestrator."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -12,6 +15,8 @@ from runlog.calls import LogLimits
 from runner_bridge import AsyncBridge
 from service.webhooks.model import Endpoint, new_endpoint_id, new_secret
 from service.webhooks.store import WebhookStore
+
+from .worker import run, serve
 
 # Deliveries per run for an endpoint taking both types: run.phase for queued, running and
 # complete, and run.finished.
@@ -101,3 +106,55 @@ async def finish_runs(
 
         await asyncio.gather(*(one(i) for i in range(count)))
     return count / max(1e-9, time.monotonic() - started)
+
+
+class HookWorker:
+    """The ops of ``python -m bench.hooks``: a receiver, or a maker of finished runs."""
+
+    def __init__(self) -> None:
+        self.receiver = Receiver()
+        self._mark = 0
+
+    async def op_listen(self) -> dict[str, Any]:
+        await self.receiver.start()
+        return {"base": self.receiver.base}
+
+    async def op_window_start(self) -> dict[str, Any]:
+        self._mark = len(self.receiver.times)
+        return {"t": time.monotonic()}
+
+    async def op_window_end(self) -> dict[str, Any]:
+        return {"t": time.monotonic(), "count": len(self.receiver.times) - self._mark}
+
+    async def op_wait_for(self, count: int, wait_s: float) -> dict[str, Any]:
+        await self.receiver.wait_for(count, wait_s)
+        r = self.receiver
+        return {"distinct": len(r.ids), "dups": r.dups,
+                "last_t": r.times[-1] if r.times else 0.0, "now": time.monotonic()}
+
+    async def op_finish_runs(
+        self, url: str, tenant: str, count: int, prefix: str, rate: float | None = None,
+        wait_s: float = 0.0,
+    ) -> dict[str, Any]:
+        """``wait_s`` bounds the call on the orchestrator's side only."""
+        t0 = time.monotonic()
+        per_s = await finish_runs(url, tenant, count, prefix=prefix, rate=rate)
+        return {"per_s": per_s, "t0": t0}
+
+
+async def main() -> None:
+    worker = HookWorker()
+    try:
+        await serve({
+            "listen": worker.op_listen,
+            "window_start": worker.op_window_start,
+            "window_end": worker.op_window_end,
+            "wait_for": worker.op_wait_for,
+            "finish_runs": worker.op_finish_runs,
+        })
+    finally:
+        await worker.receiver.stop()
+
+
+if __name__ == "__main__":
+    run(main())

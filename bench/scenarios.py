@@ -22,9 +22,10 @@ import orjson
 from runlog.keys import log_key, meta_key
 
 from .env import TENANT, Env, command_delta
-from .hooks import DELIVERIES_PER_RUN, Receiver, finish_runs, register
+from .hooks import DELIVERIES_PER_RUN, register
 from .procs import CLIENT_CORE, ROOT, Meter, pinned, rss_kb
 from .sizes import Sizes
+from .worker import Worker
 
 Result = dict[str, Any]
 Scenario = Callable[[Env, Sizes], Awaitable[Result]]
@@ -511,16 +512,21 @@ async def webhooks(env: Env, sz: Sizes) -> Result:
     """Webhooks of one pod to a local receiver (2 endpoints, both event types, 8 deliveries
     per run) while a hot stream runs. First paced (runs finishing at a steady rate): the
     deliveries/s and the stream's p99 meanwhile; then a backlog, sent as fast as the pod
-    can: its deliveries/s."""
-    receiver = Receiver()
-    await receiver.start()
+    can: its deliveries/s. The receiver and the run maker are load processes of their own
+    on the load core."""
     per_run = DELIVERIES_PER_RUN * 2
+    workdir = env.service.log.parent
+    core = CLIENT_CORE if env.pinned else None
+    receiver = await Worker.start("hook-receiver", "bench.hooks", [], core=core, workdir=workdir)
+    maker = await Worker.start("hook-maker", "bench.hooks", [], core=core, workdir=workdir)
+    url = env.redis.url
     try:
+        base = (await receiver.call("listen"))["base"]
         for n in range(2):
-            await register(env.admin, TENANT, f"{receiver.base}/hook/{n}")
+            await register(env.admin, TENANT, f"{base}/hook/{n}")
         # A first run, awaited: the pod has seen the endpoints (it looks every 2 s).
-        await finish_runs(env.redis.url, TENANT, 1, prefix="hook-w")
-        await receiver.wait_for(per_run, 30 * sz.timeout_scale)
+        await maker.call("finish_runs", url=url, tenant=TENANT, count=1, prefix="hook-w")
+        await receiver.call("wait_for", count=per_run, wait_s=30 * sz.timeout_scale)
         await env.publisher.call("open", runs=["hot"])
         conn = await env.loadgen.call(
             "connect", groups=[{"run": "hot", "clients": sz.hook_stream_clients}],
@@ -529,22 +535,23 @@ async def webhooks(env: Env, sz: Sizes) -> Result:
         meter = env.meter()
         await env.publisher.call("start", runs=["hot"], rate=sz.hot_rate)
         paced_count = int(sz.hook_paced_runs_per_s * (sz.hot_warmup_s + sz.hook_window_s + 1))
-        paced = asyncio.create_task(finish_runs(
-            env.redis.url, TENANT, paced_count, prefix="hook-p", rate=sz.hook_paced_runs_per_s,
+        paced = asyncio.create_task(maker.call(
+            "finish_runs", url=url, tenant=TENANT, count=paced_count, prefix="hook-p",
+            rate=sz.hook_paced_runs_per_s, wait_s=paced_count / sz.hook_paced_runs_per_s * 3,
         ))
         await asyncio.sleep(sz.hot_warmup_s)
-        t0 = time.monotonic()
+        start = await receiver.call("window_start")
         window = await measure_window(env, meter, sz.hook_window_s)
-        t1 = time.monotonic()
-        in_window = receiver.count_between(t0, t1)
-        paced_made = await paced
-        await receiver.wait_for((1 + paced_count) * per_run, 60 * sz.timeout_scale)
+        end = await receiver.call("window_end")
+        paced_made = (await paced)["per_s"]
+        await receiver.call("wait_for", count=(1 + paced_count) * per_run,
+                            wait_s=60 * sz.timeout_scale)
         # The backlog: every run finished first, then the pod sends as fast as it can.
-        b0 = time.monotonic()
-        made_per_s = await finish_runs(env.redis.url, TENANT, sz.hook_runs, prefix="hook-b")
+        made = await maker.call("finish_runs", url=url, tenant=TENANT, count=sz.hook_runs,
+                                prefix="hook-b", wait_s=300 * sz.timeout_scale)
         expected = (1 + paced_count + sz.hook_runs) * per_run
-        await receiver.wait_for(expected, 120 * sz.timeout_scale)
-        span = (receiver.times[-1] if receiver.times else b0) - b0
+        got = await receiver.call("wait_for", count=expected, wait_s=120 * sz.timeout_scale)
+        span = got["last_t"] - made["t0"]
         stopped = await env.publisher.call("stop")
         await env.publisher.call("finish", runs=["hot"])
         done = await env.loadgen.call(
@@ -552,19 +559,20 @@ async def webhooks(env: Env, sz: Sizes) -> Result:
         )
     finally:
         await receiver.stop()
+        await maker.stop()
     problems = _connect_problems(conn) + _done_problems(done)
-    if len(receiver.ids) != expected:
-        problems.append(f"webhooks: {len(receiver.ids)}/{expected} distinct deliveries")
-    if receiver.dups:
-        problems.append(f"webhooks: {receiver.dups} duplicate deliveries")
+    if got["distinct"] != expected:
+        problems.append(f"webhooks: {got['distinct']}/{expected} distinct deliveries")
+    if got["dups"]:
+        problems.append(f"webhooks: {got['dups']} duplicate deliveries")
     figures = {
-        "deliveries_per_s": in_window / max(1e-9, t1 - t0),
+        "deliveries_per_s": end["count"] / max(1e-9, end["t"] - start["t"]),
         "offered_per_s": sz.hook_paced_runs_per_s * per_run,
         "paced_runs_per_s": paced_made,
         "max_deliveries_per_s": sz.hook_runs * per_run / max(1e-9, span),
-        "deliveries": len(receiver.ids),
-        "duplicates": receiver.dups,
-        "backlog_runs_made_per_s": made_per_s,
+        "deliveries": got["distinct"],
+        "duplicates": got["dups"],
+        "backlog_runs_made_per_s": made["per_s"],
         "stream_clients": conn["ready"],
         **{k: window[k] for k in (
             "p50_ms", "p99_ms", "max_ms", "service_cpu_pct", "redis_cpu_pct",
