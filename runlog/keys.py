@@ -86,9 +86,15 @@ def webhook_phases_key(tenant: str) -> str:
     return _hook_base(tenant) + "phases"
 
 
-def webhook_due_key(tenant: str) -> str:
-    """Sorted set: delivery id -> when it is due (ms); a claimed one's lease end."""
-    return _hook_base(tenant) + "due"
+def webhook_due_prefix(tenant: str) -> str:
+    """What ``webhook_due_key`` puts before the endpoint id (the scripts build keys from it)."""
+    return _hook_base(tenant) + "due:"
+
+
+def webhook_due_key(tenant: str, endpoint_id: str) -> str:
+    """Sorted set: an endpoint's pending delivery ids -> when each is due (ms); a claimed
+    one's lease end. One set per endpoint, so one endpoint's backlog never hides another's."""
+    return webhook_due_prefix(tenant) + endpoint_id
 
 
 def webhook_delivery_prefix(tenant: str) -> str:

@@ -42,7 +42,8 @@ async def claim(hooks: WebhookStore, lease_ms: int = 60_000, take: int = 10) -> 
 
 
 async def test_ingest_is_exactly_once_whoever_runs_it(hooks: WebhookStore, redis_url: str) -> None:
-    await hooks.register("acme", endpoint())
+    ep = endpoint()
+    await hooks.register("acme", ep)
     for i in range(5):
         finish(redis_url, f"r{i}")
     # Many concurrent ingests (as from many pods): each feed event becomes one delivery.
@@ -51,7 +52,7 @@ async def test_ingest_is_exactly_once_whoever_runs_it(hooks: WebhookStore, redis
     await hooks.run_calls(calls)
     r = redis.Redis.from_url(redis_url)
     try:
-        assert r.zcard(keys.webhook_due_key("acme")) == 5
+        assert r.zcard(keys.webhook_due_key("acme", ep.id)) == 5
     finally:
         r.close()
 

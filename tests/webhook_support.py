@@ -24,8 +24,8 @@ class Received:
 class Receiver:
     """Answers by path: ``/ok/..`` 200; ``/flaky/<n>/..`` 500 for the first n requests of
     each webhook-id; ``/every/<k>/..`` 503 for the first request of every k-th webhook-id;
-    ``/hang/..`` never answers the first request of each webhook-id; ``/redirect/..`` 302
-    to ``/ok/..``."""
+    ``/hang/..`` never answers the first request of each webhook-id, ``/stall/..`` never
+    answers; ``/redirect/..`` 302 to ``/ok/..``."""
 
     base: str = ""
     got: list[Received] = field(default_factory=list)
@@ -36,7 +36,7 @@ class Receiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("POST", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, handler_cancellation=True)
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -66,7 +66,7 @@ class Receiver:
             status = 302
         self.got.append(Received(request.path, dict(request.headers), body, status))
         self.changed.set()
-        if kind == "hang" and self._seen[wid] == 1:
+        if (kind == "hang" and self._seen[wid] == 1) or kind == "stall":
             await asyncio.sleep(3600)
         if status == 302:
             raise web.HTTPFound("/ok/redirected")

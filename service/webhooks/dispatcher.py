@@ -191,6 +191,7 @@ class Dispatcher:
                     max_attempts=cfg.max_attempts,
                     retention_s=cfg.retention_s,
                     busy=busy,
+                    first=self._turn,
                 )
             )
         replies = await self._hooks.run_calls(calls)

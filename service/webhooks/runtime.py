@@ -67,7 +67,6 @@ def webhooks_context(
             Sender(
                 policy,
                 limit=settings.webhook_concurrency,
-                limit_per_host=settings.webhook_endpoint_concurrency,
                 resolver_factory=make_resolver,
                 timeout_s=settings.webhook_timeout_s,
             ),

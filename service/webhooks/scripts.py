@@ -40,25 +40,22 @@ end
 return 1
 """
 
-# KEYS: endpoints hash, the endpoint's recent list, due
+# KEYS: endpoints hash, the endpoint's recent list, the endpoint's due set
 # ARGV: endpoint id, delivery prefix
-# Its pending deliveries are dropped when next claimed (their endpoint is gone); with the
-# tenant's last endpoint gone no dispatcher claims for it any more, so they go now.
+# Its pending deliveries go with it.
 UNREGISTER = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[2])
-if redis.call('HLEN', KEYS[1]) == 0 then
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-    redis.call('DEL', ARGV[2] .. id)
-  end
-  redis.call('DEL', KEYS[3])
+for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  redis.call('DEL', ARGV[2] .. id)
 end
+redis.call('DEL', KEYS[3])
 return 1
 """
 
-# KEYS: feed meta, feed log, endpoints, cursor, phases, due
+# KEYS: feed meta, feed log, endpoints, cursor, phases
 # ARGV: id nonce, batch size, now ms, delivery prefix, recent prefix, recent max,
-#       retention s
+#       retention s, due prefix
 # Turns the next feed events after the cursor into deliveries and moves the cursor past
 # them, in one step: whichever pod runs it, each feed event becomes its deliveries once.
 # Reply: the number of feed events read (the batch size means: call again).
@@ -66,7 +63,7 @@ INGEST = (
     "local terminal = "
     + _TERMINAL_LUA
     + """
-local fmeta, flog, hooks, cursor, phases, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local fmeta, flog, hooks, cursor, phases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local epoch = redis.call('HGET', fmeta, 'epoch')
 if not epoch then return 0 end
 local cur = redis.call('HMGET', cursor, 'epoch', 'n')
@@ -120,7 +117,7 @@ for _, entry in ipairs(entries) do
           redis.call('HSET', ARGV[4] .. id, 'endpoint', ep.id, 'type', ty, 'data', f.d,
                      't', f.t or '0', 'status', 'pending', 'claims', 0, 'inflight', '0',
                      'created_ms', now, 'next_ms', now)
-          redis.call('ZADD', due, now, id)
+          redis.call('ZADD', ARGV[8] .. ep.id, now, id)
           local recent = ARGV[5] .. ep.id
           redis.call('LPUSH', recent, id)
           redis.call('LTRIM', recent, 0, tonumber(ARGV[6]) - 1)
@@ -136,62 +133,62 @@ return #entries
 """
 )
 
-# KEYS: due, endpoints
+# KEYS: endpoints
 # ARGV: now ms, lease ms, max claims, per-endpoint cap, max attempts, delivery prefix,
-#       retention s, then pairs (endpoint id, this pod's requests in flight to it)
-# Claims due deliveries for this pod: each gets a lease (its due score moves to the lease's
-# end) and a new claim number that fences the answer. A claim that was never answered
-# (its pod died) is written down as a lost attempt. An endpoint at its cap in this pod is
-# skipped, so a slow endpoint holds no lease it cannot use.
+#       retention s, due prefix, first endpoint (a rotating start, for fairness),
+#       then pairs (endpoint id, this pod's requests in flight to it)
+# Claims due deliveries for this pod, endpoint by endpoint (at most the cap less what this
+# pod has in flight there, so a slow endpoint holds no lease it cannot use, and its
+# backlog never stands in front of another endpoint's). Each claim gets a lease (its due
+# score moves to the lease's end) and a new claim number that fences the answer. A claim
+# that was never answered (its pod died) is written down as a lost attempt.
 # Reply: flat list of (delivery id, claim, endpoint JSON, type, data, t) per claim.
 CLAIM = """
-local due, hooks = KEYS[1], KEYS[2]
+local hooks = KEYS[1]
 local now, lease, max_take = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cap, max_attempts, prefix = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local busy = {}
-for i = 8, #ARGV, 2 do busy[ARGV[i]] = tonumber(ARGV[i + 1]) end
-local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, max_take * 4)
+for i = 10, #ARGV, 2 do busy[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local raw = redis.call('HGETALL', hooks)
+local count = #raw / 2
+local first = tonumber(ARGV[9]) % math.max(count, 1)
 local out = {}
 local taken = 0
-local cache = {}
-for _, id in ipairs(ids) do
+for k = 0, count - 1 do
   if taken >= max_take then break end
-  local key = prefix .. id
-  local d = redis.call('HMGET', key, 'endpoint', 'claims', 'inflight', 'status', 'type',
-                       'data', 't', 'next_ms')
-  if not d[1] or d[4] ~= 'pending' then
-    redis.call('ZREM', due, id)
-  else
-    local ep = cache[d[1]]
-    if ep == nil then
-      ep = redis.call('HGET', hooks, d[1])
-      cache[d[1]] = ep
-    end
-    if not ep then
-      -- Its endpoint was deleted: nothing to deliver to.
-      redis.call('ZREM', due, id)
-      redis.call('DEL', key)
-    elseif (busy[d[1]] or 0) < cap then
-      local claims = tonumber(d[2]) + 1
-      if d[3] == '1' then
-        redis.call('HSET', key, 'a:' .. d[2], cjson.encode({
-          at_ms = tonumber(d[8]) - lease, error = 'no answer recorded: the pod was lost'}))
-      end
-      if claims > max_attempts then
-        redis.call('HSET', key, 'status', 'failed', 'inflight', '0', 'next_ms', '')
+  local i = ((first + k) % count) * 2 + 1
+  local ep_id, ep = raw[i], raw[i + 1]
+  local room = math.min(cap - (busy[ep_id] or 0), max_take - taken)
+  if room > 0 then
+    local due = ARGV[8] .. ep_id
+    local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, room)
+    for _, id in ipairs(ids) do
+      local key = prefix .. id
+      local d = redis.call('HMGET', key, 'claims', 'inflight', 'status', 'type', 'data', 't',
+                           'next_ms')
+      if d[3] ~= 'pending' then
         redis.call('ZREM', due, id)
-        redis.call('EXPIRE', key, ARGV[7])
       else
-        redis.call('HSET', key, 'claims', claims, 'inflight', '1', 'next_ms', now + lease)
-        redis.call('ZADD', due, now + lease, id)
-        busy[d[1]] = (busy[d[1]] or 0) + 1
-        taken = taken + 1
-        out[#out + 1] = id
-        out[#out + 1] = claims
-        out[#out + 1] = ep
-        out[#out + 1] = d[5]
-        out[#out + 1] = d[6]
-        out[#out + 1] = d[7]
+        local claims = tonumber(d[1]) + 1
+        if d[2] == '1' then
+          redis.call('HSET', key, 'a:' .. d[1], cjson.encode({
+            at_ms = tonumber(d[7]) - lease, error = 'no answer recorded: the pod was lost'}))
+        end
+        if claims > max_attempts then
+          redis.call('HSET', key, 'status', 'failed', 'inflight', '0', 'next_ms', '')
+          redis.call('ZREM', due, id)
+          redis.call('EXPIRE', key, ARGV[7])
+        else
+          redis.call('HSET', key, 'claims', claims, 'inflight', '1', 'next_ms', now + lease)
+          redis.call('ZADD', due, now + lease, id)
+          taken = taken + 1
+          out[#out + 1] = id
+          out[#out + 1] = claims
+          out[#out + 1] = ep
+          out[#out + 1] = d[4]
+          out[#out + 1] = d[5]
+          out[#out + 1] = d[6]
+        end
       end
     end
   end
@@ -199,7 +196,7 @@ end
 return out
 """
 
-# KEYS: due, delivery
+# KEYS: the endpoint's due set, delivery
 # ARGV: delivery id, claim, outcome (delivered | retry | failed), attempt JSON, next due ms,
 #       retention s
 # Writes an attempt's answer, fenced by the claim: an answer that arrives after its lease

@@ -90,21 +90,20 @@ class Sender:
         policy: AddressPolicy,
         *,
         limit: int,
-        limit_per_host: int,
         resolver_factory: Callable[[], AbstractResolver] = aiohttp.ThreadedResolver,
         timeout_s: float = ATTEMPT_TIMEOUT_S,
     ) -> None:
         self._policy = policy
         self._limit = limit
-        self._limit_per_host = limit_per_host
         self._resolver_factory = resolver_factory
         self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
+        # No per-host bound here: the dispatcher bounds requests per endpoint, and two
+        # endpoints on one host must not wait on each other's slow answers.
         connector = aiohttp.TCPConnector(
             limit=self._limit,
-            limit_per_host=self._limit_per_host,
             resolver=GuardedResolver(self._resolver_factory(), self._policy),
             ttl_dns_cache=10,
         )

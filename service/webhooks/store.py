@@ -110,7 +110,7 @@ class WebhookStore:
             [
                 keys.webhooks_key(tenant),
                 keys.webhook_recent_key(tenant, endpoint_id),
-                keys.webhook_due_key(tenant),
+                keys.webhook_due_key(tenant, endpoint_id),
             ],
             [endpoint_id, keys.webhook_delivery_prefix(tenant)],
         )
@@ -156,7 +156,6 @@ class WebhookStore:
                 keys.webhooks_key(tenant),
                 keys.webhook_cursor_key(tenant),
                 keys.webhook_phases_key(tenant),
-                keys.webhook_due_key(tenant),
             ],
             [
                 secrets.token_hex(8),
@@ -166,6 +165,7 @@ class WebhookStore:
                 keys.webhook_recent_prefix(tenant),
                 RECENT_MAX,
                 retention_s,
+                keys.webhook_due_prefix(tenant),
             ],
         )
 
@@ -179,8 +179,10 @@ class WebhookStore:
         max_attempts: int,
         retention_s: int,
         busy: dict[str, int],
+        first: int = 0,
     ) -> Call:
-        """Claim up to ``take`` due deliveries (see ``scripts.CLAIM``)."""
+        """Claim up to ``take`` due deliveries, starting with endpoint number ``first``
+        (see ``scripts.CLAIM``)."""
         args: list[Any] = [
             now_ms(),
             lease_ms,
@@ -189,14 +191,12 @@ class WebhookStore:
             max_attempts,
             keys.webhook_delivery_prefix(tenant),
             retention_s,
+            keys.webhook_due_prefix(tenant),
+            first,
         ]
         for endpoint_id, count in busy.items():
             args += [endpoint_id, count]
-        return (
-            scripts.CLAIM,
-            [keys.webhook_due_key(tenant), keys.webhooks_key(tenant)],
-            args,
-        )
+        return (scripts.CLAIM, [keys.webhooks_key(tenant)], args)
 
     @staticmethod
     def claims_from(tenant: str, reply: Sequence[Any]) -> list[Claim]:
@@ -226,7 +226,7 @@ class WebhookStore:
         return (
             scripts.RECORD,
             [
-                keys.webhook_due_key(claim.tenant),
+                keys.webhook_due_key(claim.tenant, claim.endpoint.id),
                 keys.webhook_delivery_key(claim.tenant, claim.delivery_id),
             ],
             [claim.delivery_id, claim.claim, outcome, attempt, next_ms, retention_s],
