@@ -104,14 +104,18 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stop claiming, give attempts in flight a moment to finish, then cancel them
         (a cancelled attempt's lease ends and another pod makes it again)."""
-        # A flag as well as a cancellation: a library deep in a Redis call may swallow a
-        # cancellation that lands just as its call completes, and the loop must end anyway.
+        # A flag first: the loop ends after its current tick, so no Redis call is cut in
+        # the middle (a cancelled connect can leave a half-made connection behind). Only a
+        # tick stuck past the grace is cancelled; a library may swallow that cancellation,
+        # which the flag also covers.
         self._stopping = True
         self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            _, running = await asyncio.wait({self._task}, timeout=STOP_GRACE_S)
+            if running:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=STOP_GRACE_S)
