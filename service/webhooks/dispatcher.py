@@ -1,11 +1,12 @@
 """The pod's webhook dispatcher: feed events -> deliveries -> attempts, in a loop.
 
-Every pod runs one. Each tick is one pipelined round trip to Redis: for every tenant,
-``INGEST`` (new feed events become deliveries, exactly once whoever runs it) and ``CLAIM``
-(due deliveries leased to this pod, as many as it has free slots for). Attempts run as
-tasks, at most ``concurrency`` in the pod and ``per_endpoint`` per endpoint; each answer is
-written by ``RECORD``, fenced by its claim number. A pod that dies holding leases loses
-nothing: its claims come due again when their leases end, on any pod.
+Every pod runs one. Each tick is one pipelined round trip to Redis: for every tenant that
+has endpoints, ``INGEST`` (new feed events become deliveries, exactly once whoever runs
+it) and ``CLAIM`` (due deliveries leased to this pod, as many as it has free slots for).
+Attempts run as tasks, at most ``concurrency`` in the pod and ``per_endpoint`` per
+endpoint; each answer is written by ``RECORD``, fenced by its claim number. A pod that
+dies holding leases loses nothing: its claims come due again when their leases end, on
+any pod.
 """
 
 from __future__ import annotations
@@ -285,7 +286,3 @@ class Dispatcher:
         # The lease will end and another attempt be made: at least once, never lost.
         log.warning("webhooks: could not record %s; it will be attempted again",
                     claim.delivery_id)
-
-    def stats(self) -> dict[str, int]:
-        """In-flight counts, for tests and metrics."""
-        return {"in_flight": len(self._inflight)}
