@@ -91,3 +91,21 @@ async def test_attempts_are_bounded(hooks: WebhookStore, redis_url: str) -> None
     (view,) = await hooks.deliveries("acme", ep.id, 10)
     assert view["status"] == "failed"
     assert len(view["attempts"]) == 3
+
+
+async def test_an_entry_that_is_no_run_object_does_not_stall_the_feed(
+    hooks: WebhookStore, redis_url: str
+) -> None:
+    ep = endpoint()
+    await hooks.register("acme", ep)
+    finish(redis_url, "r1")
+    r = redis.Redis.from_url(redis_url)
+    try:
+        # A foreign entry in the feed, then a good run after it.
+        n = r.hincrby(keys.feed_keys("acme")[0], "n", 1)
+        r.xadd(keys.feed_keys("acme")[1], {"e": "run", "d": "not json", "t": "0"}, id=f"{n}-0")
+        finish(redis_url, "r2")
+        await hooks.run_calls([hooks.ingest_call("acme", 60)])
+        assert r.zcard(keys.webhook_due_key("acme", ep.id)) == 2
+    finally:
+        r.close()

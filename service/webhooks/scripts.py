@@ -95,8 +95,11 @@ for _, entry in ipairs(entries) do
   n = tonumber(string.match(entry[1], '^(%d+)'))
   local f = {}
   for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
-  if f.e == 'run' and f.d then
-    local run = cjson.decode(f.d)
+  local ok, run = false, nil
+  if f.e == 'run' and f.d then ok, run = pcall(cjson.decode, f.d) end
+  -- An entry that is not a run object is passed over: it must not stall the feed.
+  if ok and type(run) == 'table' and type(run.run_id) == 'string'
+     and type(run.phase) == 'string' then
     local prev = redis.call('HGET', phases, run.run_id)
     local types = {}
     -- A feed event also marks a cancel request (phase unchanged): no run.phase for it.
