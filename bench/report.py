@@ -244,6 +244,26 @@ def build_rows(scenarios: dict[str, dict[str, Any]]) -> list[Row]:
             f"{runs.text('redis_cmds_per_poll', '', 2)} Redis commands each; load generator "
             f"{_num(runs.median('poll_loadgen_cpu_pct'), '%', 0)} of its core",
         ))
+    hooks = get("webhooks")
+    if hooks.present:
+        ratio, status = _at_least(hooks.median("deliveries_per_s"), 1_000)
+        rows.append(Row(
+            "Webhook deliveries/s per pod, paced (local receiver, 2 endpoints)", ">= 1,000",
+            "-", hooks.text("deliveries_per_s", "/s", 0), ratio, status,
+            f"offered {hooks.text('offered_per_s', '/s', 0)}; {hooks.text('duplicates', '', 0)}"
+            f" duplicates; service {hooks.text('service_cpu_pct', '%', 0)} CPU. "
+            f"{noise_note(hooks)}",
+        ))
+        ratio, status = _at_most(hooks.median("p99_ms"), 50.0)
+        rows.append(Row(
+            f"Stream p99 meanwhile (1x{_num(hooks.median('stream_clients'), '', 0)}"
+            " at 20 rows/s)", "<= 50 ms", "-", hooks.text("p99_ms", " ms", 1), ratio, status,
+            f"p50 {hooks.text('p50_ms', ' ms', 1)}. {client_note(hooks)}",
+        ))
+        rows.append(Row(
+            "Webhook deliveries/s per pod, backlog (as fast as it can)", "(info)", "-",
+            hooks.text("max_deliveries_per_s", "/s", 0), "-", INFO, "",
+        ))
     gaps = _rep_sum_all(scenarios, "gaps")
     dups = _rep_sum_all(scenarios, "dups")
     problems = [p for s in scenarios.values() for p in s.get("problems", [])]

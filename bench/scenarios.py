@@ -22,8 +22,10 @@ import orjson
 from runlog.keys import log_key, meta_key, queue_key
 
 from .env import TENANT, Env, command_delta
+from .hooks import DELIVERIES_PER_RUN, register
 from .procs import CLIENT_CORE, ROOT, Meter, pinned, rss_kb
 from .sizes import Sizes
+from .worker import Worker
 
 Result = dict[str, Any]
 Scenario = Callable[[Env, Sizes], Awaitable[Result]]
@@ -563,4 +565,81 @@ async def tail(env: Env, sz: Sizes) -> Result:
     }
     return {"figures": figures,
             "detail": {"stdout": out.decode()[-500:], "stderr": err.decode()[-500:]},
+            "problems": problems}
+
+
+async def webhooks(env: Env, sz: Sizes) -> Result:
+    """Webhooks of one pod to a local receiver (2 endpoints, both event types, 8 deliveries
+    per run) while a hot stream runs. First paced (runs finishing at a steady rate): the
+    deliveries/s and the stream's p99 meanwhile; then a backlog, sent as fast as the pod
+    can: its deliveries/s. The receiver and the run maker are load processes of their own
+    on the load core."""
+    per_run = DELIVERIES_PER_RUN * 2
+    workdir = env.service.log.parent
+    core = CLIENT_CORE if env.pinned else None
+    receiver = await Worker.start("hook-receiver", "bench.hooks", [], core=core, workdir=workdir)
+    maker = await Worker.start("hook-maker", "bench.hooks", [], core=core, workdir=workdir)
+    url = env.redis.url
+    try:
+        base = (await receiver.call("listen"))["base"]
+        for n in range(2):
+            await register(env.admin, TENANT, f"{base}/hook/{n}")
+        # A first run, awaited: the pod has seen the endpoints (it looks every 2 s).
+        await maker.call("finish_runs", url=url, tenant=TENANT, count=1, prefix="hook-w")
+        await receiver.call("wait_for", count=per_run, wait_s=30 * sz.timeout_scale)
+        await env.publisher.call("open", runs=["hot"])
+        conn = await env.loadgen.call(
+            "connect", groups=[{"run": "hot", "clients": sz.hook_stream_clients}],
+            min_events=2, wait_s=300 * sz.timeout_scale,
+        )
+        meter = env.meter()
+        await env.publisher.call("start", runs=["hot"], rate=sz.hot_rate)
+        paced_count = int(sz.hook_paced_runs_per_s * (sz.hot_warmup_s + sz.hook_window_s + 1))
+        paced = asyncio.create_task(maker.call(
+            "finish_runs", url=url, tenant=TENANT, count=paced_count, prefix="hook-p",
+            rate=sz.hook_paced_runs_per_s, wait_s=paced_count / sz.hook_paced_runs_per_s * 3,
+        ))
+        await asyncio.sleep(sz.hot_warmup_s)
+        start = await receiver.call("window_start")
+        window = await measure_window(env, meter, sz.hook_window_s)
+        end = await receiver.call("window_end")
+        paced_made = (await paced)["per_s"]
+        await receiver.call("wait_for", count=(1 + paced_count) * per_run,
+                            wait_s=60 * sz.timeout_scale)
+        # The backlog: every run finished first, then the pod sends as fast as it can.
+        made = await maker.call("finish_runs", url=url, tenant=TENANT, count=sz.hook_runs,
+                                prefix="hook-b", wait_s=300 * sz.timeout_scale)
+        expected = (1 + paced_count + sz.hook_runs) * per_run
+        got = await receiver.call("wait_for", count=expected, wait_s=120 * sz.timeout_scale)
+        span = got["last_t"] - made["t0"]
+        stopped = await env.publisher.call("stop")
+        await env.publisher.call("finish", runs=["hot"])
+        done = await env.loadgen.call(
+            "wait_done", expect_last=stopped["last_seq"], wait_s=180 * sz.timeout_scale
+        )
+    finally:
+        await receiver.stop()
+        await maker.stop()
+    problems = _connect_problems(conn) + _done_problems(done)
+    if got["distinct"] != expected:
+        problems.append(f"webhooks: {got['distinct']}/{expected} distinct deliveries")
+    if got["dups"]:
+        problems.append(f"webhooks: {got['dups']} duplicate deliveries")
+    figures = {
+        "deliveries_per_s": end["count"] / max(1e-9, end["t"] - start["t"]),
+        "offered_per_s": sz.hook_paced_runs_per_s * per_run,
+        "paced_runs_per_s": paced_made,
+        "max_deliveries_per_s": sz.hook_runs * per_run / max(1e-9, span),
+        "deliveries": got["distinct"],
+        "duplicates": got["dups"],
+        "backlog_runs_made_per_s": made["per_s"],
+        "stream_clients": conn["ready"],
+        **{k: window[k] for k in (
+            "p50_ms", "p99_ms", "max_ms", "service_cpu_pct", "redis_cpu_pct",
+            "loadgen_cpu_pct", "client_bound", "foreign_core0_pct",
+        )},
+        "gaps": done["gaps"],
+        "dups": done["dups"],
+    }
+    return {"figures": figures, "detail": {"connect": conn, "window": window, "done": done},
             "problems": problems}

@@ -43,6 +43,12 @@ class Sizes:
     runs_concurrency: int = 64
     runs_window_s: float = 5.0
     runs_poll_targets: int = 100
+    # webhooks: runs finishing (8 deliveries each over 2 endpoints) while a stream runs:
+    # paced (150 runs/s = 1,200 deliveries/s), then a backlog of hook_runs
+    hook_paced_runs_per_s: float = 150.0
+    hook_runs: int = 2_500
+    hook_stream_clients: int = 200
+    hook_window_s: float = 10.0
     # the default loop: how many repetitions of the fan-out and idle scenarios run on it
     asyncio_fan_reps: int = 1
     asyncio_idle_reps: int = 1
@@ -75,6 +81,7 @@ SMOKE = Sizes(
     cmd_watchers=(1, 10), cmd_events=50,
     bridge_rows=500, bridge_batch=100, bridge_sequential=100, tail_lines=200,
     runs_concurrency=4, runs_window_s=0.5, runs_poll_targets=5,
+    hook_paced_runs_per_s=20.0, hook_runs=30, hook_stream_clients=10, hook_window_s=1.0,
     asyncio_fan_reps=1, asyncio_idle_reps=0, timeout_scale=0.5, noisy_retries=0,
     quiet_wait_s=0.0,
 )

@@ -32,6 +32,8 @@ LOAD_ENV = {"MANTIS_STREAM_MAX_S": "3600"}
 QUIET_BUSY_PCT = 25.0
 # Idle streams: no ping for the whole measurement.
 IDLE_ENV = {"MANTIS_STREAM_MAX_S": "7200", "MANTIS_HEARTBEAT_S": "3600"}
+# Webhooks to a receiver on 127.0.0.1 over http.
+HOOK_ENV = {"MANTIS_WEBHOOK_ALLOW_PRIVATE": "1", "MANTIS_WEBHOOK_ALLOW_HTTP": "1"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ def plan(sz: Sizes) -> list[Entry]:
         Entry("bridge", sc.bridge, "uvloop", sz.reps, LOAD_ENV),
         Entry("tail", sc.tail, "uvloop", sz.reps, LOAD_ENV),
         Entry("runs", sc.runs, "uvloop", sz.reps, LOAD_ENV),
+        Entry("webhooks", sc.webhooks, "uvloop", sz.reps, {**LOAD_ENV, **HOOK_ENV}),
     ]
 
 

@@ -108,3 +108,56 @@ def durable_keys(tag: str) -> list[str]:
         durable_producers_key(tag),
         durable_live_channel(tag),
     ]
+
+
+# Webhooks. Every key of a tenant's webhooks carries the tag of that tenant's feed
+# (``{tenant:<tenant>}``), so one script may read the feed and write deliveries together.
+def _hook_base(tenant: str) -> str:
+    return f"{PREFIX}:{{{feed_name(tenant)}}}:wh:"
+
+
+def webhooks_key(tenant: str) -> str:
+    """Hash: endpoint id -> the endpoint as JSON (url, events, secret, feed position)."""
+    return _hook_base(tenant) + "endpoints"
+
+
+def webhook_cursor_key(tenant: str) -> str:
+    """Hash: ``epoch`` and ``n`` of the last feed event already turned into deliveries."""
+    return _hook_base(tenant) + "cursor"
+
+
+def webhook_phases_key(tenant: str) -> str:
+    """Hash: run id -> the phase last seen in the feed, so only phase moves send run.phase."""
+    return _hook_base(tenant) + "phases"
+
+
+def webhook_due_prefix(tenant: str) -> str:
+    """What ``webhook_due_key`` puts before the endpoint id (the scripts build keys from it)."""
+    return _hook_base(tenant) + "due:"
+
+
+def webhook_due_key(tenant: str, endpoint_id: str) -> str:
+    """Sorted set: an endpoint's pending delivery ids -> when each is due (ms); a claimed
+    one's lease end. One set per endpoint, so one endpoint's backlog never hides another's."""
+    return webhook_due_prefix(tenant) + endpoint_id
+
+
+def webhook_delivery_prefix(tenant: str) -> str:
+    """What ``webhook_delivery_key`` puts before the delivery id (the scripts build keys
+    from it)."""
+    return _hook_base(tenant) + "d:"
+
+
+def webhook_delivery_key(tenant: str, delivery_id: str) -> str:
+    """Hash: one delivery: endpoint, type, data, status, claims, attempts ``a:<k>``."""
+    return webhook_delivery_prefix(tenant) + delivery_id
+
+
+def webhook_recent_prefix(tenant: str) -> str:
+    """What ``webhook_recent_key`` puts before the endpoint id."""
+    return _hook_base(tenant) + "recent:"
+
+
+def webhook_recent_key(tenant: str, endpoint_id: str) -> str:
+    """List: an endpoint's most recent delivery ids, newest first (bounded)."""
+    return webhook_recent_prefix(tenant) + endpoint_id

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 
 from .admission import Admission
-from .appkeys import ADMISSION, HUB, LIFECYCLE, READER, SETTINGS, STORE, TICKETS, TOKENS
+from .appkeys import ADMISSION, HUB, LIFECYCLE, READER, SETTINGS, STORE, TICKETS, TOKENS, WEBHOOKS
 from .auth import TokenTable
 from .cors import Cors
 from .durable.routes import add_durable_streams
@@ -27,10 +28,21 @@ from .store import LogReader
 from .store_client import StoreClient
 from .tickets import ticket_book
 from .views import create_feed_ticket, create_ticket, health, ready, run_events, tenant_events
+from .webhooks import routes as webhook_routes
+from .webhooks.runtime import Webhooks, webhooks_context
 
 
-def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Application:
-    """Build the app; no I/O happens until it starts (see the cleanup contexts)."""
+def create_app(
+    settings: Settings,
+    tokens: TokenTable,
+    redis_url: str,
+    *,
+    resolver_factory: Callable[[], AbstractResolver] | None = None,
+) -> web.Application:
+    """Build the app; no I/O happens until it starts (see the cleanup contexts).
+
+    ``resolver_factory`` makes the DNS resolver webhooks check and connect with (tests
+    hand in one that maps names as they please)."""
     drop_server_header()
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
@@ -53,6 +65,7 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
     configure_metrics(settings)
     add_dashboard(app)
     app.router.add_get("/readyz", ready)
+    webhook_routes.add_routes(app)
 
     async def redis_and_hub(app: web.Application) -> AsyncIterator[None]:
         # A bounded pool for reads plus one pub/sub connection: the pod's connection count
@@ -83,7 +96,20 @@ def create_app(settings: Settings, tokens: TokenTable, redis_url: str) -> web.Ap
         if HUB in app:
             app[HUB].end_all("shutdown")
 
+    def publish_webhooks(hooks: Webhooks) -> None:
+        app[WEBHOOKS] = hooks
+
     app.cleanup_ctx.append(redis_and_hub)
     add_durable_streams(app)
+    # Every pod dispatches webhooks for every tenant of its token table (see docs/webhooks.md).
+    app.cleanup_ctx.append(
+        webhooks_context(
+            settings,
+            [tenant for tenant, _ in tokens.entries],
+            lambda: app[STORE],
+            publish_webhooks,
+            resolver_factory,
+        )
+    )
     app.on_shutdown.append(end_streams)
     return app

@@ -15,6 +15,7 @@ from .settings import Settings
 from .store import LogReader
 from .store_client import StoreClient
 from .tickets import TicketBook
+from .webhooks.runtime import Webhooks
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenTable)
@@ -33,3 +34,4 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 ADMISSION = web.AppKey("admission", Admission)
 DURABLE_STORE = web.AppKey("durable_store", DurableStore)
 LIVE_STREAMS = web.AppKey("live_streams", LiveStreams)
+WEBHOOKS = web.AppKey("webhooks", Webhooks)

@@ -105,10 +105,13 @@ class LiveConnection:
             context = ssl.create_default_context()
         loop = asyncio.get_running_loop()
         try:
-            _transport, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(on_messages), host, port, ssl=context),
-                CONNECT_TIMEOUT_S,
-            )
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
+            # arrives as the connection completes, and the hub's stop() then waits forever
+            # on a connection nobody closes.
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                _transport, protocol = await loop.create_connection(
+                    lambda: _Protocol(on_messages), host, port, ssl=context
+                )
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"cannot reach the store at {host}:{port}") from exc
         sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
@@ -128,7 +131,8 @@ class LiveConnection:
         protocol.auth_reply = asyncio.get_running_loop().create_future()
         args = ("AUTH", username, password) if username else ("AUTH", password)
         self._send(pack(*args))
-        reply = await asyncio.wait_for(asyncio.shield(protocol.auth_reply), CONNECT_TIMEOUT_S)
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):  # not wait_for: see open()
+            reply = await asyncio.shield(protocol.auth_reply)
         if isinstance(reply, hiredis.ReplyError):
             self.close()
             # The reply names no secret; the password is never part of the message.

@@ -49,6 +49,8 @@ def _pairs(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
             raise SettingsError(f"{name} entries must look like name=value, got {part!r}")
         pairs.append((key, value))
     return tuple(pairs)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -77,6 +79,40 @@ def _anonymous_tenant(env: Mapping[str, str], host: str) -> str | None:
             f"address (127.0.0.1, ::1, localhost), got MANTIS_HOST={host!r}"
         )
     return tenant
+
+
+DEFAULT_WEBHOOK_RETRY_S = (5.0, 30.0, 120.0, 600.0, 1800.0, 7200.0, 21600.0)
+MAX_WEBHOOK_RETRIES = 20
+
+
+def _delays(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    delays: list[float] = []
+    for position, part in enumerate(raw.split(","), start=1):
+        try:
+            value = float(part)
+        except ValueError:
+            raise SettingsError(
+                f"{name} must list delays in seconds separated by commas; item {position} "
+                f"is {part.strip()!r}"
+            ) from None
+        if not 0 <= value <= 86_400:
+            raise SettingsError(f"{name}: item {position} must be between 0 and 86400 seconds")
+        delays.append(value)
+    if len(delays) > MAX_WEBHOOK_RETRIES:
+        raise SettingsError(f"{name} lists more than {MAX_WEBHOOK_RETRIES} retries")
+    return tuple(delays)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be 1 or 0, got {raw!r}")
 
 
 def _origins(raw: str) -> tuple[str, ...]:
@@ -110,6 +146,12 @@ class Settings:
     streams_long_poll_s: float = 10.0
     streams_sse_max_s: float = 60.0
     streams_max_body_bytes: int = 16 * 1024 * 1024
+    webhook_retry_s: tuple[float, ...] = DEFAULT_WEBHOOK_RETRY_S
+    webhook_concurrency: int = 64
+    webhook_endpoint_concurrency: int = 16
+    webhook_timeout_s: float = 10.0
+    webhook_allow_private: bool = False
+    webhook_allow_http: bool = False
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Metrics: this pod's name (label of mantis_streams_open) and tenant -> class label.
     pod_name: str = ""
@@ -168,6 +210,14 @@ class Settings:
             streams_max_body_bytes=int(
                 _number(env, "MANTIS_STREAMS_MAX_BODY_BYTES", 16 * 1024 * 1024, integer=True)
             ),
+            webhook_retry_s=_delays(env, "MANTIS_WEBHOOK_RETRY_S", DEFAULT_WEBHOOK_RETRY_S),
+            webhook_concurrency=int(_number(env, "MANTIS_WEBHOOK_CONCURRENCY", 64, integer=True)),
+            webhook_endpoint_concurrency=int(
+                _number(env, "MANTIS_WEBHOOK_ENDPOINT_CONCURRENCY", 16, integer=True)
+            ),
+            webhook_timeout_s=_number(env, "MANTIS_WEBHOOK_TIMEOUT_S", 10.0),
+            webhook_allow_private=_flag(env, "MANTIS_WEBHOOK_ALLOW_PRIVATE"),
+            webhook_allow_http=_flag(env, "MANTIS_WEBHOOK_ALLOW_HTTP"),
         )
 
     @property

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {
     "fanout", "fanout_asyncio", "idle", "hot_run", "replay_storm", "redis_per_pod", "bridge",
-    "tail", "runs",
+    "tail", "runs", "webhooks",
 }
 # The keys each scenario's figures must carry (the table is built from them).
 FIGURES = {
@@ -31,6 +31,7 @@ FIGURES = {
     "bridge": ["pipelined_appends_per_s", "sequential_appends_per_s"],
     "tail": ["measured"],
     "runs": ["submits_per_s", "polls_per_s", "submit_p99_ms", "poll_p99_ms"],
+    "webhooks": ["deliveries_per_s", "p99_ms", "duplicates"],
 }
 
 
