@@ -296,6 +296,8 @@ async def test_retries_keep_the_webhook_id(pod: Any, receiver: Receiver, redis_u
             break
         await asyncio.sleep(0.02)  # the dispatcher's task counts after its reply: poll it
     assert after.get("retry", 0) - before.get("retry", 0) == 2
+    # Nothing is left waiting: the pending gauge, read from the due sets at scrape time.
+    assert "\nmantis_webhook_pending 0.0\n" in await (await client.get("/metrics")).text()
     assert after.get("delivered", 0) - before.get("delivered", 0) == 1
     assert done["status"] == "delivered"
     assert [a["status_code"] for a in done["attempts"]] == [500, 500, 200]
@@ -496,3 +498,22 @@ async def test_pod_killed_mid_attempt(
     assert done["attempts"][0]["error"].startswith("no answer recorded")
     assert done["attempts"][1]["status_code"] == 200
     assert len(receiver.got) == 2
+
+
+async def test_deliveries_waiting_for_a_retry_are_counted_as_pending(
+    pod: Any, receiver: Receiver, redis_url: str
+) -> None:
+    client = await pod(webhook_retry_s=(60.0,), **LOCAL)
+    hook = await register(client, receiver.base + "/flaky/99", ["run.finished"])
+    finish_run(redis_url, "waits")
+
+    async def first_attempt_recorded() -> None:
+        while True:
+            found = await deliveries(client, hook["id"])
+            if found and found[0]["attempts"]:
+                return
+            await asyncio.sleep(0.05)  # polled via the API: no event says it was recorded
+
+    await asyncio.wait_for(first_attempt_recorded(), 30)
+    text = await (await client.get("/metrics")).text()
+    assert "\nmantis_webhook_pending 1.0\n" in text

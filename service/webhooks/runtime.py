@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
+from .. import metrics
 from ..settings import Settings
 from ..store_client import StoreClient
 from .dispatcher import DispatchConfig, Dispatcher, lease_for
@@ -80,6 +81,11 @@ def webhooks_context(
                 added=lambda: dispatcher.wake(rescan=True),
             )
         )
+
+        async def count_pending(app: web.Application) -> None:
+            metrics.set_webhook_pending(await hooks.pending(tenants))
+
+        metrics.add_scrape_hook(app, count_pending)
         await dispatcher.start()
         try:
             yield

@@ -132,6 +132,24 @@ class WebhookStore:
         # A finished delivery's hash expires (retention) before the list forgets its id.
         return [delivery_view(n, f) for n, f in zip(names, rows, strict=True) if f]
 
+    async def pending(self, tenants: Sequence[str]) -> int:
+        """Deliveries of ``tenants`` waiting for an attempt (or in one): the due sets' sizes.
+
+        Two round trips whatever the number of endpoints: the endpoint ids, then the sizes.
+        """
+        if not tenants:
+            return 0
+        client = await self._store.get()
+        pipe = client.pipeline(transaction=False)
+        for tenant in tenants:
+            pipe.hkeys(keys.webhooks_key(tenant))
+        ids_per_tenant = await pipe.execute()
+        pipe = client.pipeline(transaction=False)
+        for tenant, ids in zip(tenants, ids_per_tenant, strict=True):
+            for endpoint_id in ids:
+                pipe.zcard(keys.webhook_due_key(tenant, _text(endpoint_id)))
+        return sum(int(n) for n in await pipe.execute())
+
     # The dispatcher's steps --------------------------------------------------------------
 
     async def tenants_with_endpoints(self, tenants: Sequence[str]) -> list[str]:
