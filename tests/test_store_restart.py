@@ -128,9 +128,10 @@ async def test_stream_survives_a_store_restart(aiohttp_client, persistent_redis)
         async with progress:
             await asyncio.wait_for(progress.wait_for(lambda: len(received) >= count), 15)
 
-    task = asyncio.create_task(reader())
     async with AsyncBridge.from_url(url) as bridge:
         run = await bridge.open_run("rs", tenant="acme")
+        # The reader starts once the run exists: before, its first answer would be a 404.
+        task = asyncio.create_task(reader())
         await run.set_phase("running")
         for i in range(20):
             await run.append({"kind": "step", "step_index": i})
