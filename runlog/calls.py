@@ -46,6 +46,9 @@ class LogLimits:
     maxlen: int = DEFAULT_MAXLEN
     retention_s: int = DEFAULT_RETENTION_S
     feed: bool = True
+    # Durable appends (``failover``): each write waits until this many replicas have it.
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,12 +207,20 @@ def set_phase_call(
     return scripts.SET_PHASE, run_keys(run_id), args
 
 
+def reepoch_call(run_id: str, seen_epoch: str) -> Call:
+    """Give the run's log a new epoch unless another writer already did (``failover``)."""
+    _, t_us = now_ts()
+    return scripts.REEPOCH, run_keys(run_id), [seen_epoch, new_epoch(), t_us]
+
+
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     """What a script reported: the event id written (or first written), and if it was a repeat."""
 
     event_id: str | None
     duplicate: bool
+    epoch: str = ""
+    n: int = 0
 
 
 def write_result(reply: Any) -> WriteResult:
@@ -217,7 +228,7 @@ def write_result(reply: Any) -> WriteResult:
     epoch_raw, n, dup = reply
     epoch = epoch_raw.decode() if isinstance(epoch_raw, bytes) else str(epoch_raw)
     event_id = format_event_id(epoch, int(n)) if int(n) > 0 else None
-    return WriteResult(event_id=event_id, duplicate=bool(int(dup)))
+    return WriteResult(event_id=event_id, duplicate=bool(int(dup)), epoch=epoch, n=int(n))
 
 
 def open_result(reply: Any) -> tuple[str, bool]:

@@ -59,3 +59,10 @@ class ClaimLost(BridgeError, RuntimeError):
 
 class InvalidWorker(BridgeError, ValueError):
     """A worker name outside ``[A-Za-z0-9_.:@/-]{1,128}`` (it names a consumer of the queue)."""
+
+
+class NotReplicated(BridgeError, ConnectionError):
+    """A write that fewer replicas confirmed than ``MANTIS_WAIT_REPLICAS`` asks, in time.
+
+    It is written on the primary and may still reach the replicas, or be lost in a failover:
+    retry it with the same ``seq`` (a repeat is a no-op)."""

@@ -395,3 +395,18 @@ redis.call('HDEL', meta, 'worker', 'lease_until')
 return {'released'}
 """
 )
+
+
+# A log that went back (a failover lost its last writes) gets a new epoch, so every id
+# changes and no client cursor can be mistaken for a position in it; the pods end the
+# run's live streams (announcement with n = 0 and event name ``epoch``).
+# ARGV: the epoch the writer saw, the new epoch, t. Reply: the epoch now in force.
+REEPOCH = """
+local meta, live = KEYS[1], KEYS[4]
+local cur = redis.call('HGET', meta, 'epoch')
+if not cur then return redis.error_reply('NORUN no such run') end
+if cur ~= ARGV[1] then return cur end
+redis.call('HSET', meta, 'epoch', ARGV[2])
+redis.call('PUBLISH', live, '0:' .. ARGV[3] .. ':epoch:{}')
+return ARGV[2]
+"""

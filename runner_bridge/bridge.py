@@ -20,9 +20,11 @@ from runlog.calls import (
     Call,
     LogLimits,
     SourcePosition,
+    WriteResult,
     append_call,
     open_result,
     open_run_call,
+    reepoch_call,
     set_phase_call,
     translate_error,
     write_result,
@@ -35,7 +37,8 @@ from runlog.connect import (
     is_cluster,
     sync_client,
 )
-from runlog.errors import InvalidPhase
+from runlog.errors import InvalidPhase, NotReplicated
+from runlog.failover import NumberWatch, Written
 from runlog.phases import TERMINAL_PHASES
 from runlog.pipeline import AsyncScriptPipeline
 from runlog.records import check_run_id
@@ -49,24 +52,43 @@ if TYPE_CHECKING:
 
 
 def limits_from_env() -> LogLimits:
-    """MANTIS_STREAM_MAXLEN and MANTIS_RETENTION_S, as the service reads them."""
+    """MANTIS_STREAM_MAXLEN and MANTIS_RETENTION_S (as the service reads them), and the
+    durable-append settings MANTIS_WAIT_REPLICAS and MANTIS_WAIT_TIMEOUT_MS."""
     return LogLimits(
         maxlen=_positive_int("MANTIS_STREAM_MAXLEN", DEFAULT_MAXLEN),
         retention_s=_positive_int("MANTIS_RETENTION_S", DEFAULT_RETENTION_S),
+        wait_replicas=_positive_int("MANTIS_WAIT_REPLICAS", 0, zero_ok=True),
+        wait_timeout_ms=_positive_int("MANTIS_WAIT_TIMEOUT_MS", 1000),
     )
 
 
-def _positive_int(name: str, default: int) -> int:
+def _positive_int(name: str, default: int, *, zero_ok: bool = False) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
+    kind = "a non-negative integer" if zero_ok else "a positive integer"
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{name} must be {kind}, got {raw!r}")
     return value
+
+
+def _not_replicated(limits: LogLimits, acked: int) -> NotReplicated:
+    return NotReplicated(
+        f"written, but {acked} of the {limits.wait_replicas} replicas MANTIS_WAIT_REPLICAS "
+        f"asks for confirmed it within {limits.wait_timeout_ms} ms; retry with the same seq"
+    )
+
+
+def _written(result: WriteResult) -> Written:
+    return Written(epoch=result.epoch, n=result.n, duplicate=result.duplicate)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def for_client(limits: LogLimits, client: object) -> LogLimits:
@@ -122,6 +144,7 @@ class Bridge:
         self.client = client
         self.limits = for_client(limits or limits_from_env(), client)
         self._scripts: dict[str, Any] = {}
+        self._numbers = NumberWatch()
 
     @classmethod
     def from_url(cls, url: str | None = None, *, limits: LogLimits | None = None) -> Bridge:
@@ -151,9 +174,22 @@ class Bridge:
         return iter_jobs(self, worker or default_worker(), stop=stop, settings=settings)
 
     def write(self, run_id: str, call: Call) -> tuple[str | None, bool]:
-        """Run a prepared call; returns (event id, was a duplicate)."""
+        """Run a prepared call; returns (event id, was a duplicate).
+
+        A number already used shows the log went back (a failover): it gets a new epoch
+        first (``runlog.failover``). With MANTIS_WAIT_REPLICAS, waits for the replicas.
+        """
         result = write_result(self._run(run_id, call))
-        return result.event_id, result.duplicate
+        event_id = result.event_id
+        if self._numbers.went_back(run_id, _written(result)):
+            epoch = _text(self._run(run_id, reepoch_call(run_id, result.epoch)))
+            event_id = self._numbers.moved(run_id, epoch, result.n)
+        limits = self.limits
+        if limits.wait_replicas and not is_cluster(self.client):
+            acked = int(self.client.wait(limits.wait_replicas, limits.wait_timeout_ms))
+            if acked < limits.wait_replicas:
+                raise _not_replicated(limits, acked)
+        return event_id, result.duplicate
 
     def _write(self, run_id: str, call: Call) -> str:
         event_id, _dup = self.write(run_id, call)
@@ -243,6 +279,7 @@ class AsyncBridge:
             self.limits = for_client(self.limits, client)
         self._scripts: dict[str, Any] = {}
         self._pipeline: AsyncScriptPipeline | None = None
+        self._numbers = NumberWatch()
         # Many tasks may make the first call at once (500 runs opening together): one of
         # them makes the client, the others wait for it, so one pool bounds them all.
         self._connect_lock = asyncio.Lock()
@@ -296,9 +333,22 @@ class AsyncBridge:
         return aiter_jobs(self, worker or default_worker(), stop=stop, settings=settings)
 
     async def write(self, run_id: str, call: Call) -> tuple[str | None, bool]:
-        """Run a prepared call; returns (event id, was a duplicate)."""
+        """Run a prepared call; returns (event id, was a duplicate); see ``Bridge.write``."""
         result = write_result(await self._run(run_id, call))
-        return result.event_id, result.duplicate
+        event_id = result.event_id
+        if self._numbers.went_back(run_id, _written(result)):
+            epoch = _text(await self._run(run_id, reepoch_call(run_id, result.epoch)))
+            event_id = self._numbers.moved(run_id, epoch, result.n)
+        await self._wait_replicas()
+        return event_id, result.duplicate
+
+    async def _wait_replicas(self) -> None:
+        limits = self.limits
+        if limits.wait_replicas and not is_cluster(self.client):
+            async with self._gate:
+                acked = int(await self.client.wait(limits.wait_replicas, limits.wait_timeout_ms))
+            if acked < limits.wait_replicas:
+                raise _not_replicated(limits, acked)
 
     async def _write(self, run_id: str, call: Call) -> str:
         event_id, _dup = await self.write(run_id, call)
@@ -319,7 +369,16 @@ class AsyncBridge:
                 raise translate_error(reply, run_id) from None
             if isinstance(reply, Exception):
                 raise reply
-        return [write_result(reply).event_id or "" for reply in replies]
+        ids = []
+        for reply in replies:
+            result = write_result(reply)
+            event_id = result.event_id or ""
+            if self._numbers.went_back(run_id, _written(result)):
+                epoch = _text(await self._run(run_id, reepoch_call(run_id, result.epoch)))
+                event_id = self._numbers.moved(run_id, epoch, result.n)
+            ids.append(event_id)
+        await self._wait_replicas()
+        return ids
 
     async def _run(self, run_id: str, call: Call) -> Any:
         source, keys, args = call

@@ -31,6 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from runlog.announce import Announcement, decode
+from runlog.failover import EPOCH_EVENT
 from runlog.keys import live_channel
 
 from . import metrics
@@ -363,6 +364,19 @@ class Hub:
         with contextlib.suppress(ValueError):
             feed.subscribers.remove(sub)
 
+    def _log_moved(self, feed: Feed) -> None:
+        """The log went back (a failover lost writes) and took a new epoch (``runlog.failover``):
+        every id changed, so its streams end and resume by cursor, with a ``gap`` event."""
+        log.warning("log %s took a new epoch (a failover lost writes); its streams resume",
+                    feed.run_id)
+        feed.lost = True
+        feed.held = None
+        for sub in list(feed.subscribers):
+            sub.finish(RESYNC)
+        for tap in list(feed.taps):
+            tap(None)
+        self._drop_feed(feed)
+
     def _drop_feed(self, feed: Feed) -> None:
         if self._feeds.get(feed.channel) is not feed:
             return
@@ -438,6 +452,9 @@ class Hub:
 
     def deliver_events(self, feed: Feed, announced: list[Announcement]) -> None:
         """Fan events (announced, or read from the log by a repair) out, encoded once each."""
+        if any(a.name == EPOCH_EVENT for a in announced):
+            self._log_moved(feed)
+            return
         id_prefix = feed.id_prefix
         if id_prefix is None:
             # The log was just created: its waiting streams now read it from the store.
