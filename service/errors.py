@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from redis.exceptions import ClusterError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -108,6 +109,18 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     )
 
 
+# The store cannot serve now, but will: unreachable, timing out, out of pooled connections,
+# a Redis Cluster mid-failover (CLUSTERDOWN, TRYAGAIN, MASTERDOWN), a primary just demoted
+# (READONLY). A soft 503 with Retry-After, never a 500.
+STORE_AWAY = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionRefusedError,
+    ClusterError,
+    TryAgainError,
+    ReadOnlyError,
+)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -125,7 +138,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # A header (or query) that is not valid UTF-8: aiohttp hands it over with
         # surrogates, which fail the moment anything encodes them. The client's fault.
         return error_response(400, InvalidHeader.code, "a header is not valid UTF-8")
-    except (RedisConnectionError, RedisTimeoutError, ConnectionRefusedError) as exc:
+    except STORE_AWAY as exc:
         log.warning("store unreachable while serving %s: %s", request.path, type(exc).__name__)
         return error_response(503, "unavailable", "the event store cannot be reached; retry later")
     except web.HTTPException as exc:
