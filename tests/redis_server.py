@@ -81,18 +81,23 @@ def running_redis(
 
 
 @contextmanager
-def running_cluster(nodes: int = 3) -> Iterator[str]:
-    """A real Redis Cluster of ``nodes`` masters on loopback; yields the URL of one node."""
-    ports = [_cluster_port() for _ in range(nodes)]
+def running_cluster(
+    nodes: int = 3, replicas: int = 0, node_timeout_ms: int = 15000
+) -> Iterator[str]:
+    """A real Redis Cluster of ``nodes`` masters (each with ``replicas`` replicas) on
+    loopback; yields the URL of one master."""
+    ports = [_cluster_port() for _ in range(nodes * (1 + replicas))]
     with contextlib.ExitStack() as stack:
         for port in ports:
             stack.enter_context(
                 running_redis(port, "--cluster-enabled", "yes",
-                              "--cluster-config-file", f"nodes-{port}.conf")
+                              "--cluster-config-file", f"nodes-{port}.conf",
+                              "--cluster-node-timeout", str(node_timeout_ms))
             )
         subprocess.run(
             ["redis-cli", "--cluster", "create",
-             *[f"127.0.0.1:{port}" for port in ports], "--cluster-yes"],
+             *[f"127.0.0.1:{port}" for port in ports], "--cluster-yes",
+             "--cluster-replicas", str(replicas)],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
         )
         _wait_cluster_ok(ports[0])
