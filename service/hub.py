@@ -357,6 +357,7 @@ class Hub:
     def release(self, sub: Subscriber) -> None:
         """Forget a finished stream (its feed stays until ``unwatch``)."""
         self._all.discard(sub)
+        self._forget_deadline()
         feed = sub.feed
         if feed is None:
             return
@@ -656,6 +657,15 @@ class Hub:
                 next_ping = now + self._heartbeat_s
                 self._ping_all()
             self._check_live(now, ping_due)
+
+    def _forget_deadline(self) -> None:
+        # An ended stream's deadline would otherwise stay in the heap until its soft limit
+        # (10 minutes of memory per reconnect). Once most of the heap is ended streams it
+        # is rebuilt without them: linear, and amortised over the releases that led to it.
+        heap = self._deadlines
+        if len(heap) > 2 * len(self._all) + 64:
+            self._deadlines = [item for item in heap if not item[2].finished]
+            heapq.heapify(self._deadlines)
 
     def _expire(self, now: float) -> None:
         heap = self._deadlines
