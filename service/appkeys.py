@@ -30,6 +30,8 @@ SCRAPE_HOOKS = web.AppKey("scrape_hooks", list[ScrapeHook])
 # Per request: its id (logs, X-Request-Id) and the tenant it authenticated as (access log).
 REQUEST_ID = web.RequestKey("request_id", str)
 TENANT = web.RequestKey("tenant", str)
+# Set when an expired ticket was admitted by a resuming stream's grace: its expiry (ms).
+TICKET_GRACE = web.RequestKey("ticket_grace", int)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 ADMISSION = web.AppKey("admission", Admission)
 DURABLE_STORE = web.AppKey("durable_store", DurableStore)

@@ -19,7 +19,10 @@ tickets for every tenant.
 Lifetime: a *fresh* connection needs an unexpired ticket (``MANTIS_TICKET_TTL_S``). An
 ``EventSource`` reconnects with the same URL, adding ``Last-Event-ID``; such a resuming
 stream is accepted until ``MANTIS_TICKET_MAX_LIFE_S`` after issue, so a long run is not
-cut off when its page's ticket ages out mid-run.
+cut off when its page's ticket ages out mid-run. That grace is bound to what the client
+really received (``Grant.grace_since_ms``, checked by the events endpoint): its cursor must
+be up to date as of the ticket's expiry, so a leaked expired ticket with a forged cursor
+reads nothing written before it expired.
 
 Pure: no I/O, the clock is a parameter.
 """
@@ -51,6 +54,16 @@ _KEY_LABEL = b"mantis-ticket-key-v1\0"
 # The scope of a feed ticket: not a possible run id (run ids have no ':'), so a feed ticket
 # opens no run and a run ticket does not open the feed.
 FEED_SCOPE = ":feed"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A verified ticket: its tenant and, when it is past its expiry and only a resuming
+    stream's grace admits it, that expiry (ms): the stream's cursor must then be up to date
+    as of it (no event at or before it may lie after the cursor)."""
+
+    tenant: str
+    grace_since_ms: int | None = None
 
 
 class InvalidTicket(ValueError):
@@ -148,13 +161,19 @@ class TicketBook:
         ``resuming`` (a stream reconnecting with ``Last-Event-ID``) extends the lifetime
         to ``max_life_s`` after issue. Raises ``InvalidTicket`` or ``ExpiredTicket``.
         """
-        return self._verify(token, run_id, resuming, now)
+        return self.grant(token, run_id, resuming=resuming, now=now).tenant
 
     def verify_feed(self, token: str, *, resuming: bool = False, now: float | None = None) -> str:
         """The tenant whose feed a genuine feed ticket opens (lifetimes as ``verify``)."""
-        return self._verify(token, FEED_SCOPE, resuming, now)
+        return self.grant(token, FEED_SCOPE, resuming=resuming, now=now).tenant
 
-    def _verify(self, token: str, scope: str, resuming: bool, now: float | None) -> str:
+    def grant(
+        self, token: str, scope: str, *, resuming: bool = False, now: float | None = None
+    ) -> Grant:
+        """What a genuine ticket for ``scope`` (a run id, or ``FEED_SCOPE``) allows now."""
+        return self._verify(token, scope, resuming, now)
+
+    def _verify(self, token: str, scope: str, resuming: bool, now: float | None) -> Grant:
         version, _, rest = token.partition(".")
         payload, _, mac_text = rest.partition(".")
         if version != VERSION or not payload or not mac_text or len(token) > 1024:
@@ -179,9 +198,9 @@ class TicketBook:
             raise InvalidTicket("ticket not valid for this deployment")
         now_ms = (self._clock() if now is None else now) * 1000
         if now_ms < expires_ms:
-            return tenant
+            return Grant(tenant)
         if resuming and now_ms < issued_ms + self.max_life_s * 1000:
-            return tenant
+            return Grant(tenant, grace_since_ms=expires_ms)
         raise ExpiredTicket("ticket expired")
 
 

@@ -12,12 +12,13 @@ from typing import Any, Literal
 from aiohttp import HttpVersion11, web
 from redis.exceptions import RedisError
 
-from runlog.ids import Cursor, TimeCursor, format_event_id, is_valid_run_id, parse_cursor
+from runlog.ids import Cursor, IdCursor, TimeCursor, format_event_id, is_valid_run_id, parse_cursor
 from runlog.keys import feed_name
 
 from . import metrics
-from .appkeys import ADMISSION, HUB, READER, SETTINGS, TICKETS, TOKENS
+from .appkeys import ADMISSION, HUB, READER, SETTINGS, TICKET_GRACE, TICKETS, TOKENS
 from .errors import (
+    ApiError,
     InvalidCursor,
     InvalidLimit,
     InvalidRunId,
@@ -31,7 +32,7 @@ from .resume import ResumePlan, plan_resume
 from .sse import RETRY, EventStreamResponse, event_json, gap_frame, retry_later, wants_stream
 from .store import Entry, LogReader, RunState
 from .stream import BatchSizer, replay_then_live, trimmed_gap
-from .tickets import ExpiredTicket, InvalidTicket
+from .tickets import FEED_SCOPE, ExpiredTicket, InvalidTicket
 
 # What a request meets when the store is away (the middleware maps these to 503 for JSON).
 STORE_DOWN = (RedisError, OSError, TimeoutError)
@@ -58,13 +59,13 @@ def tenant_of(request: web.Request, *, tickets: TicketScope | None = None) -> st
     if token is None and ticket:
         resuming = bool(request.headers.get("Last-Event-ID", "").strip()) and wants_stream(request)
         book = request.app[TICKETS]
+        scope = FEED_SCOPE if tickets == FEED_TICKETS else request.match_info["run_id"]
         try:
-            if tickets == FEED_TICKETS:
-                holder = book.verify_feed(ticket, resuming=resuming)
-            else:
-                holder = book.verify(ticket, request.match_info["run_id"], resuming=resuming)
-            note_tenant(request, holder)
-            return holder
+            grant = book.grant(ticket, scope, resuming=resuming)
+            note_tenant(request, grant.tenant)
+            if grant.grace_since_ms is not None:
+                request[TICKET_GRACE] = grant.grace_since_ms
+            return grant.tenant
         except ExpiredTicket:
             raise Unauthorized("the ticket has expired; request a new one") from None
         except InvalidTicket:
@@ -210,7 +211,12 @@ async def serve_log(
     try:
         state = await load()
         if state is not None:
+            grace = request.get(TICKET_GRACE)
+            if grace is not None:
+                await check_grace(request, view, state, cursor, grace)
             plan = await resolve(request, state, cursor)
+    except ApiError:
+        raise  # Unauthorized is a PermissionError, an OSError: not the store's fault
     except STORE_DOWN:
         return await retry_later(request)
     return await stream_events(request, view, tenant, state, plan, cursor)
@@ -241,6 +247,22 @@ def _ticket_response(body: dict[str, Any]) -> web.Response:
         # A credential: not for any cache, and not to be sent on as a Referer.
         headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
     )
+
+
+async def check_grace(
+    request: web.Request, view: LogView, state: RunState, cursor: Cursor, since_ms: int
+) -> None:
+    """An expired ticket resumes a stream only from a cursor that was up to date when the
+    ticket expired: an event id of this log with no event from before the expiry after it.
+    A forged cursor (or a timestamp) would otherwise read the history with a leaked ticket."""
+    refused = Unauthorized("the ticket has expired; request a new one")
+    if not isinstance(cursor, IdCursor) or cursor.epoch != state.epoch:
+        raise refused
+    if not state.first_n - 1 <= cursor.n <= state.last_n:
+        raise refused  # ahead of the log, or its next event trimmed: nothing to vouch by
+    following = await request.app[READER].entry(view.name, cursor.n + 1)
+    if following is not None and following.t <= since_ms * 1000:
+        raise refused
 
 
 async def stream_events(
