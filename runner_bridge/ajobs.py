@@ -29,6 +29,7 @@ from .consumer import (
     ConsumerCore,
     Entry,
     JobState,
+    JobView,
     QueueSettings,
     Stop,
     is_busygroup,
@@ -73,7 +74,7 @@ class AsyncClaimedRun(AsyncRunHandle):
         return event_id
 
 
-class AsyncJob:
+class AsyncJob(JobView):
     """One run taken from the queue (see ``jobs.Job``); ``release`` is awaitable."""
 
     def __init__(self, consumer: _AsyncConsumer, state: JobState) -> None:
@@ -81,42 +82,6 @@ class AsyncJob:
         self._state = state
         self.run = AsyncClaimedRun(consumer, state)
 
-    @property
-    def run_id(self) -> str:
-        return self._state.run_id
-
-    @property
-    def worker(self) -> str:
-        return self._state.worker
-
-    @property
-    def request(self) -> dict[str, Any]:
-        return self._state.request
-
-    @property
-    def fence(self) -> str:
-        return self._state.fence
-
-    @property
-    def resumed(self) -> bool:
-        """True when the run had a holder before (taken over, or handed back): rows of the
-        earlier holder may exist; ``run.published(seq)`` tells which."""
-        return self._state.resumed
-
-    @property
-    def cancel_requested(self) -> bool:
-        """True once a cancel was asked for: finish the run as ``cancelled``."""
-        return self._state.cancel_requested
-
-    @property
-    def lost(self) -> bool:
-        """True once another worker took the run over: stop working on it."""
-        return self._state.status == LOST
-
-    @property
-    def held(self) -> bool:
-        """True while the run is this worker's and not finished."""
-        return self._state.held
 
     async def release(self) -> None:
         """Hand the run back to the queue now (running -> recovering) for another worker."""

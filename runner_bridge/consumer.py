@@ -324,3 +324,47 @@ def is_nogroup(exc: Exception) -> bool:
 def is_busygroup(exc: Exception) -> bool:
     """XGROUP CREATE of a group that exists: what every worker but the first sees."""
     return str(exc).startswith("BUSYGROUP")
+
+
+class JobView:
+    """What a job tells its runner, read from its state: shared by ``Job`` and ``AsyncJob``,
+    which add the I/O (their ``run`` and ``release``)."""
+
+    _state: JobState
+
+    @property
+    def run_id(self) -> str:
+        return self._state.run_id
+
+    @property
+    def worker(self) -> str:
+        return self._state.worker
+
+    @property
+    def request(self) -> dict[str, Any]:
+        return self._state.request
+
+    @property
+    def fence(self) -> str:
+        return self._state.fence
+
+    @property
+    def resumed(self) -> bool:
+        """True when the run had a holder before (taken over, or handed back): rows of the
+        earlier holder may exist; ``run.published(seq)`` tells which."""
+        return self._state.resumed
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once a cancel was asked for: finish the run as ``cancelled``."""
+        return self._state.cancel_requested
+
+    @property
+    def lost(self) -> bool:
+        """True once another worker took the run over: stop working on it."""
+        return self._state.status == LOST
+
+    @property
+    def held(self) -> bool:
+        """True while the run is this worker's and not finished."""
+        return self._state.held
