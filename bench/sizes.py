@@ -47,6 +47,8 @@ class Sizes:
     asyncio_fan_reps: int = 1
     asyncio_idle_reps: int = 1
     timeout_scale: float = 1.0
+    # the reference (nginx + Nchan) on the same workloads; not in the smoke run (tests)
+    nchan: bool = True
     # times a failing ladder rung is tried again when other processes loaded the server core
     noisy_retries: int = 2
     # how long to wait, before each repetition, for other work of the machine to calm down,
@@ -75,7 +77,7 @@ SMOKE = Sizes(
     cmd_watchers=(1, 10), cmd_events=50,
     bridge_rows=500, bridge_batch=100, bridge_sequential=100, tail_lines=200,
     runs_concurrency=4, runs_window_s=0.5, runs_poll_targets=5,
-    asyncio_fan_reps=1, asyncio_idle_reps=0, timeout_scale=0.5, noisy_retries=0,
+    asyncio_fan_reps=1, asyncio_idle_reps=0, timeout_scale=0.5, noisy_retries=0, nchan=False,
     quiet_wait_s=0.0,
 )
 

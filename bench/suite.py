@@ -43,11 +43,14 @@ class Entry:
     loop: str
     reps: int
     service_env: dict[str, str] = field(default_factory=dict)
+    # "service", or the reference: "nchan-memory" / "nchan-redis" (bench/nchan.py)
+    server: str = "service"
     # A generous bound on one repetition, so a hung scenario cannot hang the benchmark.
     timeout_s: float = 900.0
 
 
 def plan(sz: Sizes) -> list[Entry]:
+    nchan_reps = sz.reps if sz.nchan else 0
     return [
         Entry("fanout", sc.fanout, "uvloop", sz.reps, LOAD_ENV),
         Entry("fanout_asyncio", sc.fanout, "asyncio", sz.asyncio_fan_reps, LOAD_ENV),
@@ -59,7 +62,28 @@ def plan(sz: Sizes) -> list[Entry]:
         Entry("bridge", sc.bridge, "uvloop", sz.reps, LOAD_ENV),
         Entry("tail", sc.tail, "uvloop", sz.reps, LOAD_ENV),
         Entry("runs", sc.runs, "uvloop", sz.reps, LOAD_ENV),
+        # The reference on the same workloads, load generator and machine (--only nchan).
+        Entry("nchan_mem_fanout", sc.fanout, "-", nchan_reps, server="nchan-memory"),
+        Entry("nchan_redis_fanout", sc.fanout, "-", nchan_reps, server="nchan-redis"),
+        Entry("nchan_mem_idle", sc.idle, "-", nchan_reps, server="nchan-memory"),
+        Entry("nchan_redis_idle", sc.idle, "-", nchan_reps, server="nchan-redis"),
+        Entry("nchan_mem_hot_run", sc.hot_run, "-", nchan_reps, server="nchan-memory"),
     ]
+
+
+# ``--only`` also takes these group names.
+GROUPS = {
+    "nchan": ("nchan_mem_fanout", "nchan_redis_fanout", "nchan_mem_idle", "nchan_redis_idle",
+              "nchan_mem_hot_run"),
+}
+
+
+def expand_only(names: set[str]) -> set[str]:
+    """Scenario keys of an ``--only`` list, its group names expanded."""
+    out: set[str] = set()
+    for name in names:
+        out.update(GROUPS.get(name, (name,)))
+    return out
 
 
 def _git_rev() -> str:
@@ -143,7 +167,8 @@ class Quiet:
 
 async def _one(entry: Entry, sz: Sizes, workdir: Path, pin: bool, quiet: Quiet) -> dict[str, Any]:
     calm = await quiet.wait()
-    async with environment(workdir, loop=entry.loop, pin=pin, service_env=entry.service_env) as env:
+    async with environment(workdir, loop=entry.loop, pin=pin, service_env=entry.service_env,
+                           server=entry.server) as env:
         out = await asyncio.wait_for(entry.run(env, sz), entry.timeout_s)
     # The service starts from the work tree for every repetition: say which code it ran.
     out["detail"]["git"] = _git_rev()

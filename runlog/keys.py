@@ -20,7 +20,8 @@ def log_key(run_id: str) -> str:
 
 
 def dedup_key(run_id: str) -> str:
-    """Hash: runner sequence number -> event number, for exactly-once ``append(seq=...)``."""
+    """Hash: kept only for runs written before the row path moved the ``s:<seq>`` records
+    into meta (one HMGET reads them with the rest); the scripts still expire it."""
     return f"{PREFIX}:{{{run_id}}}:dedup"
 
 

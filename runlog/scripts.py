@@ -45,10 +45,13 @@ end
 local function emit(maxlen, name, data, t)
   return append_to(meta, log, live, maxlen, name, data, t)
 end
-local function keep_for(seconds)
+-- Keep the run's keys ``seconds`` more from ``t`` (the write's ts, microseconds), and
+-- note in meta when that runs out: the row path reads it to renew only when it is due.
+local function keep_for(seconds, t)
   redis.call('EXPIRE', meta, seconds)
   redis.call('EXPIRE', log, seconds)
   redis.call('EXPIRE', dedup, seconds)
+  redis.call('HSET', meta, 'exp_at', string.format('%.0f', math.floor(tonumber(t) / 1000000) + tonumber(seconds)))
 end
 -- A line of a followed file at or before the recorded position was already published.
 local function seen_source(src, pos_from)
@@ -122,7 +125,7 @@ redis.call('DEL', log, dedup)
 redis.call('HSET', meta, 'tenant', ARGV[1], 'phase', 'queued', 'created_at', ARGV[2],
            'updated_at', ARGV[2], 'epoch', ARGV[3], 'n', 0)
 emit(ARGV[6], 'phase', ARGV[4], ARGV[5])
-keep_for(ARGV[7])
+keep_for(ARGV[7], ARGV[5])
 feed_write(ARGV[8], ARGV[9], ARGV[6], ARGV[7], ARGV[5])
 return {'queued', ARGV[3], 1}
 """
@@ -153,7 +156,7 @@ redis.call('HSET', meta, 'tenant', ARGV[1], 'phase', 'queued', 'created_at', ARG
            'updated_at', ARGV[2], 'epoch', ARGV[3], 'n', 0)
 emit(ARGV[6], 'phase', ARGV[4], ARGV[5])
 redis.call('SET', request, ARGV[10], 'EX', ARGV[7])
-keep_for(ARGV[7])
+keep_for(ARGV[7], ARGV[5])
 redis.call('XADD', queue, '*', 'run_id', ARGV[8])
 if idem ~= '' then
   redis.call('SET', idem, cjson.encode({run_id = ARGV[8], digest = ARGV[11]}), 'EX', ARGV[12])
@@ -168,29 +171,48 @@ return {'created', ARGV[8]}
 APPEND_ROW = (
     _PRELUDE
     + """
-local st = redis.call('HMGET', meta, 'epoch', 'terminal', 'fence')
+-- The hot path: four commands per row (HMGET, XADD, PUBLISH, HSET). Everything the row
+-- needs to know is read in one HMGET (dedup record, source position, counters, when the
+-- keys' expiry is due), everything it changes is written in one HSET; the keys' expiry is
+-- renewed only once a tenth of the retention has passed since it was last set.
+local seq, event, t, retention, src = ARGV[1], ARGV[2], ARGV[4], tonumber(ARGV[6]), ARGV[8]
+local seq_f, pos_f = seq, 'pos:' .. src
+if seq_f == '' then seq_f = 'n' end
+if src == '' then pos_f = 'n' end
+local st = redis.call('HMGET', meta, 'epoch', 'terminal', 'fence', 'n', 'steps', 'rows',
+                      'exp_at', seq_f, pos_f)
 if not st[1] then return redis.error_reply('NORUN no such run') end
 local refused = fenced_out(ARGV[11], st[3])
 if refused then return refused end
-if ARGV[1] ~= '' then
-  local prev = redis.call('HGET', dedup, ARGV[1])
-  if prev then return {st[1], tonumber(prev), 1} end
-end
-if seen_source(ARGV[8], ARGV[9]) then return {st[1], 0, 1} end
+if seq ~= '' and st[8] then return {st[1], tonumber(st[8]), 1} end
+if src ~= '' and tonumber(ARGV[9]) < tonumber(st[9] or '-1') then return {st[1], 0, 1} end
 if st[2] then
   return redis.error_reply('TERMINAL run is terminal; rows after the terminal record are refused')
 end
-local n = emit(ARGV[5], ARGV[2], ARGV[3], ARGV[4])
-if ARGV[1] ~= '' then redis.call('HSET', dedup, ARGV[1], n) end
-redis.call('HSET', meta, 'updated_at', ARGV[7])
+local n = tonumber(st[4] or '0') + 1
+local name, data = event, ARGV[3]
+redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], n .. '-0', 'e', name, 'd', data, 't', t)
+redis.call('PUBLISH', live, """
+    + LUA_ANNOUNCE
+    + """)
+local set = {'n', n, 'updated_at', ARGV[7]}
 -- The run object counts steps and extracted rows, for dashboards and polls.
-if ARGV[2] == 'step' then
-  redis.call('HINCRBY', meta, 'steps', 1)
-elseif ARGV[2] == 'extract' then
-  redis.call('HINCRBY', meta, 'rows', 1)
+if event == 'step' then
+  set[#set + 1] = 'steps'; set[#set + 1] = tonumber(st[5] or '0') + 1
+elseif event == 'extract' then
+  set[#set + 1] = 'rows'; set[#set + 1] = tonumber(st[6] or '0') + 1
 end
-if ARGV[8] ~= '' then redis.call('HSET', meta, 'pos:' .. ARGV[8], ARGV[10]) end
-keep_for(ARGV[6])
+if seq ~= '' then set[#set + 1] = seq; set[#set + 1] = n end
+if src ~= '' then set[#set + 1] = pos_f; set[#set + 1] = ARGV[10] end
+local now_s = math.floor(tonumber(t) / 1000000)
+local left = tonumber(st[7] or '0') - now_s
+if left < retention * 0.9 or left > retention + 60 then
+  redis.call('EXPIRE', meta, retention)
+  redis.call('EXPIRE', log, retention)
+  redis.call('EXPIRE', dedup, retention)
+  set[#set + 1] = 'exp_at'; set[#set + 1] = string.format('%.0f', now_s + retention)
+end
+redis.call('HSET', meta, unpack(set))
 return {st[1], n, 0}
 """
 )
@@ -223,7 +245,7 @@ if ARGV[4] ~= '' then
   redis.call('HSET', meta, 'terminal', n)
 end
 if ARGV[9] ~= '' then redis.call('HSET', meta, 'pos:' .. ARGV[9], ARGV[11]) end
-keep_for(ARGV[7])
+keep_for(ARGV[7], ARGV[5])
 feed_write(ARGV[12], ARGV[13], ARGV[6], ARGV[7], ARGV[5])
 return {cur[2], n, 0}
 """
@@ -247,7 +269,7 @@ if cur[1] == 'queued' then
   emit(ARGV[4], 'phase', ARGV[1], ARGV[3])
   local n = emit(ARGV[4], 'terminal', ARGV[2], ARGV[3])
   redis.call('HSET', meta, 'phase', 'cancelled', 'updated_at', ARGV[6], 'terminal', n)
-  keep_for(ARGV[5])
+  keep_for(ARGV[5], ARGV[3])
   feed_write(ARGV[7], ARGV[8], ARGV[4], ARGV[5], ARGV[3])
   return {'cancelled', cur[2], n}
 end
@@ -286,7 +308,7 @@ local function hold(worker, lease_ms, running, t, maxlen, retention, updated_at,
              'lease_until', string.format('%.0f', now_ms() + tonumber(lease_ms)))
   emit(maxlen, 'phase', running, t)
   redis.call('HSET', meta, 'phase', 'running', 'updated_at', updated_at)
-  keep_for(retention)
+  keep_for(retention, t)
   feed_write(run_id, fe, maxlen, retention, t)
   return fence
 end
@@ -387,7 +409,7 @@ if terminal_phases[cur[1]] then return {'terminal'} end
 if cur[1] == 'running' then
   emit(ARGV[4], 'phase', ARGV[2], ARGV[3])
   redis.call('HSET', meta, 'phase', 'recovering', 'updated_at', ARGV[6])
-  keep_for(ARGV[5])
+  keep_for(ARGV[5], ARGV[3])
   feed_write(ARGV[7], ARGV[8], ARGV[4], ARGV[5], ARGV[3])
 end
 redis.call('HINCRBY', meta, 'fence', 1)

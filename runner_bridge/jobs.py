@@ -16,7 +16,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from runlog.calls import claim_result, keepalive_result, release_result, seq_field
 from runlog.errors import ClaimLost, RunNotFound
-from runlog.keys import dedup_key
+from runlog.keys import meta_key
 from runlog.phases import is_terminal
 
 from .bridge import RunHandle
@@ -60,7 +60,7 @@ class ClaimedRun(RunHandle):
 
     def published(self, seq: int) -> bool:
         """True when row ``seq`` was already written (by this holder or an earlier one)."""
-        return bool(self._bridge.client.hexists(dedup_key(self.run_id), seq_field(seq)))
+        return bool(self._bridge.client.hexists(meta_key(self.run_id), seq_field(seq)))
 
     def set_phase(self, phase: str, *, halt_class: str | None = None) -> str:
         """Move the run under the claim; a terminal move also takes it off the queue."""
