@@ -60,7 +60,7 @@ def ensure_nchan() -> tuple[str, Path]:
 
 def config(workdir: Path, module: Path, port: int, redis_url: str | None) -> str:
     """One single-process nginx serving Nchan on 127.0.0.1:``port``."""
-    store = f"nchan_redis_pass bench_redis;" if redis_url else ""
+    store = "nchan_redis_pass bench_redis;" if redis_url else ""
     upstream = (
         f"upstream bench_redis {{ nchan_redis_server {redis_url}; }}" if redis_url else ""
     )

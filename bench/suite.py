@@ -57,6 +57,7 @@ def plan(sz: Sizes) -> list[Entry]:
         Entry("idle", sc.idle, "uvloop", sz.reps, IDLE_ENV),
         Entry("idle_asyncio", sc.idle, "asyncio", sz.asyncio_idle_reps, IDLE_ENV),
         Entry("hot_run", sc.hot_run, "uvloop", sz.reps, LOAD_ENV),
+        Entry("hot_run_10k", sc.hot_run_big, "uvloop", sz.reps, LOAD_ENV),
         Entry("replay_storm", sc.replay_storm, "uvloop", sz.reps, LOAD_ENV),
         Entry("redis_per_pod", sc.redis_per_pod, "uvloop", 1, LOAD_ENV),
         Entry("bridge", sc.bridge, "uvloop", sz.reps, LOAD_ENV),
@@ -68,13 +69,14 @@ def plan(sz: Sizes) -> list[Entry]:
         Entry("nchan_mem_idle", sc.idle, "-", nchan_reps, server="nchan-memory"),
         Entry("nchan_redis_idle", sc.idle, "-", nchan_reps, server="nchan-redis"),
         Entry("nchan_mem_hot_run", sc.hot_run, "-", nchan_reps, server="nchan-memory"),
+        Entry("nchan_mem_hot_run_10k", sc.hot_run_big, "-", nchan_reps, server="nchan-memory"),
     ]
 
 
 # ``--only`` also takes these group names.
 GROUPS = {
     "nchan": ("nchan_mem_fanout", "nchan_redis_fanout", "nchan_mem_idle", "nchan_redis_idle",
-              "nchan_mem_hot_run"),
+              "nchan_mem_hot_run", "nchan_mem_hot_run_10k"),
 }
 
 

@@ -51,7 +51,8 @@ local function keep_for(seconds, t)
   redis.call('EXPIRE', meta, seconds)
   redis.call('EXPIRE', log, seconds)
   redis.call('EXPIRE', dedup, seconds)
-  redis.call('HSET', meta, 'exp_at', string.format('%.0f', math.floor(tonumber(t) / 1000000) + tonumber(seconds)))
+  local at = math.floor(tonumber(t) / 1000000) + tonumber(seconds)
+  redis.call('HSET', meta, 'exp_at', string.format('%.0f', at))
 end
 -- A line of a followed file at or before the recorded position was already published.
 local function seen_source(src, pos_from)
