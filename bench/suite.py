@@ -27,11 +27,13 @@ from .sizes import Sizes
 from .stats import medians
 
 # Streams must not end at their soft limit in the middle of a measurement.
-LOAD_ENV = {"MANTIS_STREAM_MAX_S": "3600"}
+# The per-tenant stream cap (default 1,000) must not refuse the bench's own clients.
+LOAD_ENV = {"MANTIS_STREAM_MAX_S": "3600", "MANTIS_TENANT_MAX_STREAMS": "1000000"}
 # A core busier than this (with none of ours running) means other work is on the machine.
 QUIET_BUSY_PCT = 25.0
 # Idle streams: no ping for the whole measurement.
-IDLE_ENV = {"MANTIS_STREAM_MAX_S": "7200", "MANTIS_HEARTBEAT_S": "3600"}
+IDLE_ENV = {"MANTIS_STREAM_MAX_S": "7200", "MANTIS_HEARTBEAT_S": "3600",
+            "MANTIS_TENANT_MAX_STREAMS": "1000000"}
 
 
 @dataclass(frozen=True)
