@@ -29,6 +29,17 @@ _ALLOWED_LUA = (
 
 _TERMINAL_LUA = "{" + ", ".join(f"{p}=1" for p in sorted(TERMINAL_PHASES)) + "}"
 
+_FENCED_OUT = """
+-- A worker's write carries the fence its claim was given; once another worker has taken
+-- the run over (the fence moved on), the late writer is refused. '' (or absent) = a write
+-- outside the work queue (tail, replay, the phase CLI), which is not fenced.
+local function fenced_out(mine, current)
+  if mine == nil or mine == '' or mine == current then return false end
+  return redis.error_reply('FENCED the run was taken over by another worker (fence '
+    .. tostring(current or 'none') .. ', this claim ' .. mine .. '); nothing written')
+end
+"""
+
 # Shared prelude: write one event and announce it; keep the run's keys; write the tenant
 # feed. ARGV layout differs per script, so the helpers take their values as arguments.
 _PRELUDE = (
@@ -98,15 +109,8 @@ local function feed_write(run_id, feed_epoch, maxlen, retention, t)
   redis.call('EXPIRE', fm, retention)
   redis.call('EXPIRE', fl, retention)
 end
--- A worker's write carries the fence its claim was given; once another worker has taken
--- the run over (the fence moved on), the late writer is refused. '' (or absent) = a write
--- outside the work queue (tail, replay, the phase CLI), which is not fenced.
-local function fenced_out(mine, current)
-  if mine == nil or mine == '' or mine == current then return false end
-  return redis.error_reply('FENCED the run was taken over by another worker (fence '
-    .. tostring(current or 'none') .. ', this claim ' .. mine .. '); nothing written')
-end
 """
+    + _FENCED_OUT
 )
 
 # ARGV: tenant, created_at, epoch, queued phase data, t, maxlen, retention, run_id,
@@ -170,7 +174,12 @@ return {'created', ARGV[8]}
 # ARGV: seq field ('' = none), event, data, t, maxlen, retention, updated_at,
 #       source ('' = none), line offset, next offset, fence ('' = unfenced)
 APPEND_ROW = (
-    _PRELUDE
+    # Not the shared prelude: defining its closures on every call cost more Redis CPU than
+    # the row's commands themselves, so the hot path carries only what it uses.
+    """
+local meta, log, dedup, live = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+"""
+    + _FENCED_OUT
     + """
 -- The hot path: four commands per row (HMGET, XADD, PUBLISH, HSET). Everything the row
 -- needs to know is read in one HMGET (dedup record, source position, counters, when the
