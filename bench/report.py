@@ -259,7 +259,8 @@ def build_rows(scenarios: dict[str, dict[str, Any]]) -> list[Row]:
             "hot run 1 x 10,000 at 20 rows/s: p99", "<= 100 ms", "-",
             hot_big.text("p99_ms", " ms", 1), ratio, status,
             f"p50 {hot_big.text('p50_ms', ' ms', 1)}; {hot_big.text('cpu_us_per_event', ' us', 2)}"
-            f"/event; {client_note(hot_big)} {noise_note(hot_big)}",
+            f"/event; {hot_big.text('appends_per_s', ' rows/s', 1)} published in the window; "
+            f"{client_note(hot_big)} {noise_note(hot_big)}",
         ))
     rows += _nchan_rows(get)
     gaps = _rep_sum_all(scenarios, "gaps")

@@ -277,7 +277,8 @@ async def hot_run(env: Env, sz: Sizes) -> Result:
     figures = {
         "clients": conn["ready"],
         **{k: window[k] for k in (
-            "delivered_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms", "cpu_us_per_event",
+            "delivered_per_s", "appends_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms",
+            "cpu_us_per_event",
             "service_cpu_pct", "redis_cpu_pct", "loadgen_cpu_pct", "service_writes_per_event",
             "client_bound", "foreign_core0_pct",
         )},
