@@ -128,7 +128,7 @@ end
 -- A half-lost run (meta evicted, log kept) starts over as a new incarnation.
 redis.call('DEL', log, dedup)
 redis.call('HSET', meta, 'tenant', ARGV[1], 'phase', 'queued', 'created_at', ARGV[2],
-           'updated_at', ARGV[2], 'epoch', ARGV[3], 'n', 0)
+           'updated_at', ARGV[2], 'epoch', ARGV[3], 'n', 0, 'sm', 1)
 emit(ARGV[6], 'phase', ARGV[4], ARGV[5])
 keep_for(ARGV[7], ARGV[5])
 feed_write(ARGV[8], ARGV[9], ARGV[6], ARGV[7], ARGV[5])
@@ -158,7 +158,7 @@ if redis.call('EXISTS', meta) == 1 then
 end
 redis.call('DEL', log, dedup)
 redis.call('HSET', meta, 'tenant', ARGV[1], 'phase', 'queued', 'created_at', ARGV[2],
-           'updated_at', ARGV[2], 'epoch', ARGV[3], 'n', 0)
+           'updated_at', ARGV[2], 'epoch', ARGV[3], 'n', 0, 'sm', 1)
 emit(ARGV[6], 'phase', ARGV[4], ARGV[5])
 redis.call('SET', request, ARGV[10], 'EX', ARGV[7])
 keep_for(ARGV[7], ARGV[5])
@@ -190,11 +190,16 @@ local seq_f, pos_f = seq, 'pos:' .. src
 if seq_f == '' then seq_f = 'n' end
 if src == '' then pos_f = 'n' end
 local st = redis.call('HMGET', meta, 'epoch', 'terminal', 'fence', 'n', 'steps', 'rows',
-                      'exp_at', seq_f, pos_f)
+                      'exp_at', seq_f, pos_f, 'sm')
 if not st[1] then return redis.error_reply('NORUN no such run') end
 local refused = fenced_out(ARGV[11], st[3])
 if refused then return refused end
-if seq ~= '' and st[8] then return {st[1], tonumber(st[8]), 1} end
+if seq ~= '' then
+  local prev = st[8]
+  -- A run created before the records moved into meta (no 'sm') may hold some in dedup.
+  if not prev and not st[10] then prev = redis.call('HGET', dedup, seq) end
+  if prev then return {st[1], tonumber(prev), 1} end
+end
 if src ~= '' and tonumber(ARGV[9]) < tonumber(st[9] or '-1') then return {st[1], 0, 1} end
 if st[2] then
   return redis.error_reply('TERMINAL run is terminal; rows after the terminal record are refused')

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from runlog.calls import LogLimits, append_call, seq_field
-from runlog.keys import log_key, meta_key
+from runlog.keys import dedup_key, log_key, meta_key
 from runner_bridge import Bridge
 
 RETENTION_S = 100_000
@@ -71,6 +71,23 @@ def test_the_counters_exactly_once_and_positions_survive_the_folding(
         assert meta[b"n"] == b"5"  # queued, running, step, extract, note
         assert meta[seq_field(1).encode()] == b"3"
         assert client.xlen(log_key("r1")) == 5
+
+
+def test_a_run_from_before_the_move_still_finds_its_records_in_dedup(
+    redis_url: str, client: redis.Redis
+) -> None:
+    with Bridge.from_url(redis_url, limits=LogLimits(retention_s=RETENTION_S)) as bridge:
+        run = bridge.open_run("r1", tenant="acme")
+        run.set_phase("running")
+        first = run.append({"kind": "step"}, seq=1)
+        # As the old script left it: the record in dedup, and no 'sm' mark in meta.
+        client.hdel(meta_key("r1"), "sm", seq_field(1))
+        client.hset(dedup_key("r1"), seq_field(1), first.rsplit("-", 1)[1].lstrip("0"))
+        assert run.append({"kind": "step"}, seq=1) == first
+        assert client.xlen(log_key("r1")) == 3
+        second = run.append({"kind": "step"}, seq=2)
+        assert run.append({"kind": "step"}, seq=2) == second  # new records go to meta
+        assert client.hexists(meta_key("r1"), seq_field(2))
 
 
 def _append(client: redis.Redis, run_id: str, limits: LogLimits, i: int) -> None:
