@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .sizes import MODES
-from .suite import plan, run_suite
+from .suite import GROUPS, expand_only, plan, run_suite
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -21,7 +21,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--quick", action="store_true", help="one repetition, shorter windows")
     parser.add_argument("--reps", type=int, help="repetitions per scenario (overrides the mode)")
     names = [e.key for e in plan(MODES["full"])]
-    parser.add_argument("--only", help=f"comma-separated scenarios: {','.join(names)}")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated scenarios: {','.join(names)}; or a group: {','.join(GROUPS)}",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument(
         "--profile", type=int, nargs="?", const=30_000, metavar="DELIVERIES_PER_S",
@@ -34,7 +37,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.only:
-        unknown = set(args.only.split(",")) - set(names)
+        unknown = expand_only(set(args.only.split(","))) - set(names)
         if unknown:
             parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     return args
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     if args.reps:
         sizes = replace(sizes, reps=args.reps)
-    only: set[str] | None = set(args.only.split(",")) if args.only else None
+    only: set[str] | None = expand_only(set(args.only.split(","))) if args.only else None
     profile_rate = args.profile
     if args.profile_only:
         only, profile_rate = set(), profile_rate or 30_000

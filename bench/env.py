@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,29 +73,61 @@ def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, in
     return {n: d for n, d in sorted(delta.items()) if d}
 
 
+# Which server a scenario measures: the service, or the reference (nginx + Nchan) with its
+# in-memory store or its Redis store (the bench's redis-server).
+SERVERS = ("service", "nchan-memory", "nchan-redis")
+
+
+@contextlib.contextmanager
+def _server(
+    server: str, workdir: Path, redis_url: str, token: str, loop: str, core: int | None,
+    service_env: dict[str, str],
+) -> Iterator[ServiceProc]:
+    if server == "service":
+        with service_process(
+            workdir, redis_url, f"{TENANT}={token}", loop=loop, core=core, env=service_env
+        ) as service:
+            yield service
+        return
+    from .nchan import nginx_process
+
+    with nginx_process(workdir, redis_url if server == "nchan-redis" else None, core) as nginx:
+        yield nginx
+
+
 @contextlib.asynccontextmanager
 async def environment(
-    workdir: Path, *, loop: str, pin: bool, service_env: dict[str, str] | None = None
+    workdir: Path, *, loop: str, pin: bool, service_env: dict[str, str] | None = None,
+    server: str = "service",
 ) -> AsyncIterator[Env]:
-    """Start redis-server, ``python -m service``, the load generator and the publisher."""
+    """Start redis-server, the server (``python -m service``, or nginx + Nchan), the load
+    generator and the publisher."""
+    if server not in SERVERS:
+        raise ValueError(f"server must be one of {SERVERS}, got {server!r}")
     token = secrets.token_urlsafe(16)
     server_core = SERVER_CORE if pin else None
     client_core = CLIENT_CORE if pin else None
+    nchan = server != "service"
     with (
         running_redis(workdir, server_core) as redis_proc,
-        service_process(
-            workdir, redis_proc.url, f"{TENANT}={token}", loop=loop, core=server_core,
-            env=service_env or {},
-        ) as service,
+        _server(server, workdir, redis_proc.url, token, loop, server_core,
+                service_env or {}) as service,
     ):
         admin = aredis.Redis.from_url(redis_proc.url)
         workers: list[Worker] = []
         try:
-            loadgen = await Worker.start("loadgen", "bench.loadgen", [str(service.port), token],
+            lg_args = [str(service.port), token] + (["/sub/{run}"] if nchan else [])
+            loadgen = await Worker.start("loadgen", "bench.loadgen", lg_args,
                                          core=client_core, workdir=workdir)
             workers.append(loadgen)
-            publisher = await Worker.start("publisher", "bench.publisher", [redis_proc.url, TENANT],
-                                           core=client_core, workdir=workdir)
+            if nchan:
+                publisher = await Worker.start("publisher", "bench.nchan_publisher",
+                                               [str(service.port)], core=client_core,
+                                               workdir=workdir)
+            else:
+                publisher = await Worker.start("publisher", "bench.publisher",
+                                               [redis_proc.url, TENANT], core=client_core,
+                                               workdir=workdir)
             workers.append(publisher)
             await wait_service(service)
             yield Env(redis=redis_proc, service=service, loadgen=loadgen, publisher=publisher,

@@ -29,6 +29,8 @@ from .worker import run, serve
 _STEP = re.compile(rb'"kind":"step","seq":(\d+),"sent_ns":(\d+)')
 _TERMINAL = b"event: terminal\n"
 MAX_RECONNECTS = 10
+# The stream of a run; another server (Nchan, bench/nchan.py) passes its own template.
+SERVICE_PATH = "/v1/runs/{run}/events?sse=true"
 HEAD_TIMEOUT_S = 30.0
 
 
@@ -165,9 +167,10 @@ class SseProtocol(asyncio.Protocol):
 class LoadGen:
     """Every client of this process, the measurement window and the checks."""
 
-    def __init__(self, port: int, token: str) -> None:
+    def __init__(self, port: int, token: str, path: str = SERVICE_PATH) -> None:
         self.port = port
         self.token = token
+        self.path = path
         self.clients: list[Client] = []
         self.protos: set[SseProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -305,7 +308,7 @@ class LoadGen:
     def _request(self, client: Client) -> bytes:
         cursor = f"Last-Event-ID: {client.last_id}\r\n" if client.last_id else ""
         return (
-            f"GET /v1/runs/{client.run}/events?sse=true HTTP/1.1\r\n"
+            f"GET {self.path.format(run=client.run)} HTTP/1.1\r\n"
             f"Host: 127.0.0.1:{self.port}\r\nX-Mantis-Token: {self.token}\r\n"
             f"Accept: text/event-stream\r\n{cursor}\r\n"
         ).encode()
@@ -444,7 +447,7 @@ class LoadGen:
 
 
 async def main(argv: list[str]) -> None:
-    gen = LoadGen(port=int(argv[0]), token=argv[1])
+    gen = LoadGen(port=int(argv[0]), token=argv[1], path=argv[2] if len(argv) > 2 else SERVICE_PATH)
     await serve({
         "connect": gen.op_connect,
         "window_start": gen.op_window_start,

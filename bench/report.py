@@ -264,6 +264,25 @@ def build_rows(scenarios: dict[str, dict[str, Any]]) -> list[Row]:
             "Webhook deliveries/s per pod, backlog (as fast as it can)", "(info)", "-",
             hooks.text("max_deliveries_per_s", "/s", 0), "-", INFO, "",
         ))
+    if pod.present:
+        ratio, status = _at_most(pod.median("append_cmds_per_event"), 4.0)
+        rows.append(Row(
+            "Redis commands per appended row, inside the append script", "<= 4", "11 before",
+            pod.text("append_cmds_per_event", "", 2), ratio, status,
+            f"+ {pod.text('append_evalsha_per_event', '', 2)} EVALSHA (the call that carries "
+            f"it); {pod.text('publisher_per_event', '', 2)} in all per row, pipelined by 50",
+        ))
+    hot_big = get("hot_run_10k")
+    if hot_big.present:
+        ratio, status = _at_most(hot_big.median("p99_ms"), 100.0)
+        rows.append(Row(
+            "hot run 1 x 10,000 at 20 rows/s: p99", "<= 100 ms", "-",
+            hot_big.text("p99_ms", " ms", 1), ratio, status,
+            f"p50 {hot_big.text('p50_ms', ' ms', 1)}; {hot_big.text('cpu_us_per_event', ' us', 2)}"
+            f"/event; {hot_big.text('appends_per_s', ' rows/s', 1)} published in the window; "
+            f"{client_note(hot_big)} {noise_note(hot_big)}",
+        ))
+    rows += _nchan_rows(get)
     gaps = _rep_sum_all(scenarios, "gaps")
     dups = _rep_sum_all(scenarios, "dups")
     problems = [p for s in scenarios.values() for p in s.get("problems", [])]
@@ -283,6 +302,37 @@ def build_rows(scenarios: dict[str, dict[str, Any]]) -> list[Row]:
             "ok" if not bad and not errors else "problems", "-",
             PASS if not bad and not errors else FAILED, "; ".join((bad + errors)[:2]),
         ))
+    return rows
+
+
+# (metric, our scenario, Nchan's scenario suffix, figure key, unit, digits)
+_VERSUS = (
+    ("CPU per delivered event at 10k/s (server+Redis)", "fanout", "fanout", "cpu_us_per_event",
+     " us", 2),
+    ("p99 publish-to-receive at 10k/s", "fanout", "fanout", "p99_ms", " ms", 2),
+    ("max deliveries/s, p99 <= 50 ms", "fanout", "fanout", "max_per_s_p99_50", "/s", 0),
+    ("RSS per idle SSE connection", "idle", "idle", "rss_kib_per_conn", " KiB", 2),
+    ("hot run 1 x 2,000 at 20 rows/s: p99", "hot_run", "hot_run", "p99_ms", " ms", 1),
+    ("hot run 1 x 10,000 at 20 rows/s: p99", "hot_run_10k", "hot_run_10k", "p99_ms", " ms", 1),
+)
+
+
+def _nchan_rows(get: Any) -> list[Row]:
+    """Our figures as ratios to nginx + Nchan's, measured in the same run (--only nchan)."""
+    rows = []
+    for metric, ours_key, suffix, key, unit, digits in _VERSUS:
+        ours = get(ours_key)
+        for store in ("mem", "redis"):
+            ref = get(f"nchan_{store}_{suffix}")
+            if not ref.present:
+                continue
+            a, b = ours.median(key), ref.median(key)
+            ratio = f"{a / b:.2f}" if a is not None and b else "-"
+            label = "in memory" if store == "mem" else "Redis store"
+            rows.append(Row(
+                f"vs Nchan ({label}): {metric}", "ratio", ref.text(key, unit, digits),
+                ours.text(key, unit, digits), ratio, INFO,
+            ))
     return rows
 
 

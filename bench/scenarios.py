@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ P99_REFERENCE_MS = 250.0
 # Busy share of the server core taken by other processes above which a window is "noisy".
 NOISY_PCT = 15.0
 DRAIN_S = 2.0
+# The call that carries a script, not a command of the script.
+_SCRIPT_ENVELOPE = {"evalsha", "eval", "script|exists", "script|load"}
 
 
 def _connect_problems(conn: Result) -> list[str]:
@@ -276,7 +279,8 @@ async def hot_run(env: Env, sz: Sizes) -> Result:
     figures = {
         "clients": conn["ready"],
         **{k: window[k] for k in (
-            "delivered_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms", "cpu_us_per_event",
+            "delivered_per_s", "appends_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms",
+            "cpu_us_per_event",
             "service_cpu_pct", "redis_cpu_pct", "loadgen_cpu_pct", "service_writes_per_event",
             "client_bound", "foreign_core0_pct",
         )},
@@ -285,6 +289,11 @@ async def hot_run(env: Env, sz: Sizes) -> Result:
     }
     return {"figures": figures, "detail": {"connect": conn, "window": window, "done": done},
             "problems": problems}
+
+
+async def hot_run_big(env: Env, sz: Sizes) -> Result:
+    """The hot run with ``hot_big_clients`` watchers (10,000 at full size)."""
+    return await hot_run(env, replace(sz, hot_clients=sz.hot_big_clients))
 
 
 async def replay_storm(env: Env, sz: Sizes) -> Result:
@@ -392,7 +401,13 @@ async def redis_per_pod(env: Env, sz: Sizes) -> Result:
         "wait_done", expect_last=finished["last_seq"], wait_s=120 * sz.timeout_scale
     )
     problems += _done_problems(done)
-    figures: dict[str, Any] = {"publisher_per_event": publisher_total / events}
+    envelope = sum(v for k, v in publisher_delta.items() if k in _SCRIPT_ENVELOPE)
+    figures: dict[str, Any] = {
+        "publisher_per_event": publisher_total / events,
+        # What the append script runs per row (the EVALSHA that carries it left out).
+        "append_cmds_per_event": (publisher_total - envelope) / events,
+        "append_evalsha_per_event": envelope / events,
+    }
     for level in levels:
         w = level["watchers"]
         figures[f"service_cmds_per_event_w{w}"] = level["service_per_event"]

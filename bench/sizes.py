@@ -25,6 +25,7 @@ class Sizes:
     idle_settle_s: float = 3.0
     # hot run
     hot_clients: int = 2_000
+    hot_big_clients: int = 10_000
     hot_rate: float = 20.0
     hot_warmup_s: float = 2.0
     hot_window_s: float = 10.0
@@ -53,6 +54,8 @@ class Sizes:
     asyncio_fan_reps: int = 1
     asyncio_idle_reps: int = 1
     timeout_scale: float = 1.0
+    # the reference (nginx + Nchan) on the same workloads; not in the smoke run (tests)
+    nchan: bool = True
     # times a failing ladder rung is tried again when other processes loaded the server core
     noisy_retries: int = 2
     # how long to wait, before each repetition, for other work of the machine to calm down,
@@ -76,13 +79,13 @@ SMOKE = Sizes(
     fan_runs=3, fan_clients=3, fan_steps=(300, 600), fan_warmup_s=0.3, fan_window_s=1.0,
     step_warmup_s=0.2, step_window_s=0.7,
     idle_conns=60, idle_runs=3, idle_settle_s=0.3,
-    hot_clients=40, hot_rate=20.0, hot_warmup_s=0.3, hot_window_s=1.0,
+    hot_clients=40, hot_big_clients=80, hot_rate=20.0, hot_warmup_s=0.3, hot_window_s=1.0,
     storm_clients=10, storm_events=300,
     cmd_watchers=(1, 10), cmd_events=50,
     bridge_rows=500, bridge_batch=100, bridge_sequential=100, tail_lines=200,
     runs_concurrency=4, runs_window_s=0.5, runs_poll_targets=5,
     hook_paced_runs_per_s=20.0, hook_runs=30, hook_stream_clients=10, hook_window_s=1.0,
-    asyncio_fan_reps=1, asyncio_idle_reps=0, timeout_scale=0.5, noisy_retries=0,
+    asyncio_fan_reps=1, asyncio_idle_reps=0, timeout_scale=0.5, noisy_retries=0, nchan=False,
     quiet_wait_s=0.0,
 )
 

@@ -27,11 +27,13 @@ from .sizes import Sizes
 from .stats import medians
 
 # Streams must not end at their soft limit in the middle of a measurement.
-LOAD_ENV = {"MANTIS_STREAM_MAX_S": "3600"}
+# The per-tenant stream cap (default 1,000) must not refuse the bench's own clients.
+LOAD_ENV = {"MANTIS_STREAM_MAX_S": "3600", "MANTIS_TENANT_MAX_STREAMS": "1000000"}
 # A core busier than this (with none of ours running) means other work is on the machine.
 QUIET_BUSY_PCT = 25.0
 # Idle streams: no ping for the whole measurement.
-IDLE_ENV = {"MANTIS_STREAM_MAX_S": "7200", "MANTIS_HEARTBEAT_S": "3600"}
+IDLE_ENV = {"MANTIS_STREAM_MAX_S": "7200", "MANTIS_HEARTBEAT_S": "3600",
+            "MANTIS_TENANT_MAX_STREAMS": "1000000"}
 # Webhooks to a receiver on 127.0.0.1 over http.
 HOOK_ENV = {"MANTIS_WEBHOOK_ALLOW_PRIVATE": "1", "MANTIS_WEBHOOK_ALLOW_HTTP": "1"}
 
@@ -45,24 +47,50 @@ class Entry:
     loop: str
     reps: int
     service_env: dict[str, str] = field(default_factory=dict)
+    # "service", or the reference: "nchan-memory" / "nchan-redis" (bench/nchan.py)
+    server: str = "service"
     # A generous bound on one repetition, so a hung scenario cannot hang the benchmark.
     timeout_s: float = 900.0
 
 
 def plan(sz: Sizes) -> list[Entry]:
+    nchan_reps = sz.reps if sz.nchan else 0
     return [
         Entry("fanout", sc.fanout, "uvloop", sz.reps, LOAD_ENV),
         Entry("fanout_asyncio", sc.fanout, "asyncio", sz.asyncio_fan_reps, LOAD_ENV),
         Entry("idle", sc.idle, "uvloop", sz.reps, IDLE_ENV),
         Entry("idle_asyncio", sc.idle, "asyncio", sz.asyncio_idle_reps, IDLE_ENV),
         Entry("hot_run", sc.hot_run, "uvloop", sz.reps, LOAD_ENV),
+        Entry("hot_run_10k", sc.hot_run_big, "uvloop", sz.reps, LOAD_ENV),
         Entry("replay_storm", sc.replay_storm, "uvloop", sz.reps, LOAD_ENV),
         Entry("redis_per_pod", sc.redis_per_pod, "uvloop", 1, LOAD_ENV),
         Entry("bridge", sc.bridge, "uvloop", sz.reps, LOAD_ENV),
         Entry("tail", sc.tail, "uvloop", sz.reps, LOAD_ENV),
         Entry("runs", sc.runs, "uvloop", sz.reps, LOAD_ENV),
         Entry("webhooks", sc.webhooks, "uvloop", sz.reps, {**LOAD_ENV, **HOOK_ENV}),
+        # The reference on the same workloads, load generator and machine (--only nchan).
+        Entry("nchan_mem_fanout", sc.fanout, "-", nchan_reps, server="nchan-memory"),
+        Entry("nchan_redis_fanout", sc.fanout, "-", nchan_reps, server="nchan-redis"),
+        Entry("nchan_mem_idle", sc.idle, "-", nchan_reps, server="nchan-memory"),
+        Entry("nchan_redis_idle", sc.idle, "-", nchan_reps, server="nchan-redis"),
+        Entry("nchan_mem_hot_run", sc.hot_run, "-", nchan_reps, server="nchan-memory"),
+        Entry("nchan_mem_hot_run_10k", sc.hot_run_big, "-", nchan_reps, server="nchan-memory"),
     ]
+
+
+# ``--only`` also takes these group names.
+GROUPS = {
+    "nchan": ("nchan_mem_fanout", "nchan_redis_fanout", "nchan_mem_idle", "nchan_redis_idle",
+              "nchan_mem_hot_run", "nchan_mem_hot_run_10k"),
+}
+
+
+def expand_only(names: set[str]) -> set[str]:
+    """Scenario keys of an ``--only`` list, its group names expanded."""
+    out: set[str] = set()
+    for name in names:
+        out.update(GROUPS.get(name, (name,)))
+    return out
 
 
 def _git_rev() -> str:
@@ -146,7 +174,8 @@ class Quiet:
 
 async def _one(entry: Entry, sz: Sizes, workdir: Path, pin: bool, quiet: Quiet) -> dict[str, Any]:
     calm = await quiet.wait()
-    async with environment(workdir, loop=entry.loop, pin=pin, service_env=entry.service_env) as env:
+    async with environment(workdir, loop=entry.loop, pin=pin, service_env=entry.service_env,
+                           server=entry.server) as env:
         out = await asyncio.wait_for(entry.run(env, sz), entry.timeout_s)
     # The service starts from the work tree for every repetition: say which code it ran.
     out["detail"]["git"] = _git_rev()

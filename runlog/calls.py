@@ -143,7 +143,8 @@ def cancel_call(run_id: str, limits: LogLimits) -> Call:
 
 
 def seq_field(seq: int) -> str:
-    """The dedup hash field recording that the runner's row ``seq`` was written."""
+    """The run meta field recording that the runner's row ``seq`` was written (its event
+    number); it lives in meta so the row path reads and writes it with the other fields."""
     return f"s:{seq}"
 
 

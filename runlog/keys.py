@@ -10,7 +10,8 @@ PREFIX = "mantis"
 
 
 def meta_key(run_id: str) -> str:
-    """Hash: tenant, phase, timestamps, halt_class, epoch, last event number, terminal."""
+    """Hash: tenant, phase, timestamps, halt_class, epoch, last event number, terminal;
+    ``s:<seq>`` (exactly-once records), ``pos:<source>``, ``exp_at`` (see docs/perf.md)."""
     return f"{PREFIX}:{{{run_id}}}:meta"
 
 
@@ -20,7 +21,8 @@ def log_key(run_id: str) -> str:
 
 
 def dedup_key(run_id: str) -> str:
-    """Hash: runner sequence number -> event number, for exactly-once ``append(seq=...)``."""
+    """Hash: ``s:<seq>`` records of runs created before the row path moved them into meta
+    (one HMGET reads them with the rest); read for those runs only (no ``sm`` in meta)."""
     return f"{PREFIX}:{{{run_id}}}:dedup"
 
 

@@ -29,6 +29,17 @@ _ALLOWED_LUA = (
 
 _TERMINAL_LUA = "{" + ", ".join(f"{p}=1" for p in sorted(TERMINAL_PHASES)) + "}"
 
+_FENCED_OUT = """
+-- A worker's write carries the fence its claim was given; once another worker has taken
+-- the run over (the fence moved on), the late writer is refused. '' (or absent) = a write
+-- outside the work queue (tail, replay, the phase CLI), which is not fenced.
+local function fenced_out(mine, current)
+  if mine == nil or mine == '' or mine == current then return false end
+  return redis.error_reply('FENCED the run was taken over by another worker (fence '
+    .. tostring(current or 'none') .. ', this claim ' .. mine .. '); nothing written')
+end
+"""
+
 # Shared prelude: write one event and announce it; keep the run's keys; write the tenant
 # feed. ARGV layout differs per script, so the helpers take their values as arguments.
 _PRELUDE = (
@@ -45,10 +56,14 @@ end
 local function emit(maxlen, name, data, t)
   return append_to(meta, log, live, maxlen, name, data, t)
 end
-local function keep_for(seconds)
+-- Keep the run's keys ``seconds`` more from ``t`` (the write's ts, microseconds), and
+-- note in meta when that runs out: the row path reads it to renew only when it is due.
+local function keep_for(seconds, t)
   redis.call('EXPIRE', meta, seconds)
   redis.call('EXPIRE', log, seconds)
   redis.call('EXPIRE', dedup, seconds)
+  local at = math.floor(tonumber(t) / 1000000) + tonumber(seconds)
+  redis.call('HSET', meta, 'exp_at', string.format('%.0f', at))
 end
 -- A line of a followed file at or before the recorded position was already published.
 local function seen_source(src, pos_from)
@@ -94,15 +109,8 @@ local function feed_write(run_id, feed_epoch, maxlen, retention, t)
   redis.call('EXPIRE', fm, retention)
   redis.call('EXPIRE', fl, retention)
 end
--- A worker's write carries the fence its claim was given; once another worker has taken
--- the run over (the fence moved on), the late writer is refused. '' (or absent) = a write
--- outside the work queue (tail, replay, the phase CLI), which is not fenced.
-local function fenced_out(mine, current)
-  if mine == nil or mine == '' or mine == current then return false end
-  return redis.error_reply('FENCED the run was taken over by another worker (fence '
-    .. tostring(current or 'none') .. ', this claim ' .. mine .. '); nothing written')
-end
 """
+    + _FENCED_OUT
 )
 
 # ARGV: tenant, created_at, epoch, queued phase data, t, maxlen, retention, run_id,
@@ -120,9 +128,9 @@ end
 -- A half-lost run (meta evicted, log kept) starts over as a new incarnation.
 redis.call('DEL', log, dedup)
 redis.call('HSET', meta, 'tenant', ARGV[1], 'phase', 'queued', 'created_at', ARGV[2],
-           'updated_at', ARGV[2], 'epoch', ARGV[3], 'n', 0)
+           'updated_at', ARGV[2], 'epoch', ARGV[3], 'n', 0, 'sm', 1)
 emit(ARGV[6], 'phase', ARGV[4], ARGV[5])
-keep_for(ARGV[7])
+keep_for(ARGV[7], ARGV[5])
 feed_write(ARGV[8], ARGV[9], ARGV[6], ARGV[7], ARGV[5])
 return {'queued', ARGV[3], 1}
 """
@@ -150,10 +158,10 @@ if redis.call('EXISTS', meta) == 1 then
 end
 redis.call('DEL', log, dedup)
 redis.call('HSET', meta, 'tenant', ARGV[1], 'phase', 'queued', 'created_at', ARGV[2],
-           'updated_at', ARGV[2], 'epoch', ARGV[3], 'n', 0)
+           'updated_at', ARGV[2], 'epoch', ARGV[3], 'n', 0, 'sm', 1)
 emit(ARGV[6], 'phase', ARGV[4], ARGV[5])
 redis.call('SET', request, ARGV[10], 'EX', ARGV[7])
-keep_for(ARGV[7])
+keep_for(ARGV[7], ARGV[5])
 redis.call('XADD', queue, '*', 'run_id', ARGV[8])
 if idem ~= '' then
   redis.call('SET', idem, cjson.encode({run_id = ARGV[8], digest = ARGV[11]}), 'EX', ARGV[12])
@@ -166,31 +174,60 @@ return {'created', ARGV[8]}
 # ARGV: seq field ('' = none), event, data, t, maxlen, retention, updated_at,
 #       source ('' = none), line offset, next offset, fence ('' = unfenced)
 APPEND_ROW = (
-    _PRELUDE
+    # Not the shared prelude: defining its closures on every call cost more Redis CPU than
+    # the row's commands themselves, so the hot path carries only what it uses.
+    """
+local meta, log, dedup, live = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+"""
+    + _FENCED_OUT
     + """
-local st = redis.call('HMGET', meta, 'epoch', 'terminal', 'fence')
+-- The hot path: four commands per row (HMGET, XADD, PUBLISH, HSET). Everything the row
+-- needs to know is read in one HMGET (dedup record, source position, counters, when the
+-- keys' expiry is due), everything it changes is written in one HSET; the keys' expiry is
+-- renewed only once a tenth of the retention has passed since it was last set.
+local seq, event, t, retention, src = ARGV[1], ARGV[2], ARGV[4], tonumber(ARGV[6]), ARGV[8]
+local seq_f, pos_f = seq, 'pos:' .. src
+if seq_f == '' then seq_f = 'n' end
+if src == '' then pos_f = 'n' end
+local st = redis.call('HMGET', meta, 'epoch', 'terminal', 'fence', 'n', 'steps', 'rows',
+                      'exp_at', seq_f, pos_f, 'sm')
 if not st[1] then return redis.error_reply('NORUN no such run') end
 local refused = fenced_out(ARGV[11], st[3])
 if refused then return refused end
-if ARGV[1] ~= '' then
-  local prev = redis.call('HGET', dedup, ARGV[1])
+if seq ~= '' then
+  local prev = st[8]
+  -- A run created before the records moved into meta (no 'sm') may hold some in dedup.
+  if not prev and not st[10] then prev = redis.call('HGET', dedup, seq) end
   if prev then return {st[1], tonumber(prev), 1} end
 end
-if seen_source(ARGV[8], ARGV[9]) then return {st[1], 0, 1} end
+if src ~= '' and tonumber(ARGV[9]) < tonumber(st[9] or '-1') then return {st[1], 0, 1} end
 if st[2] then
   return redis.error_reply('TERMINAL run is terminal; rows after the terminal record are refused')
 end
-local n = emit(ARGV[5], ARGV[2], ARGV[3], ARGV[4])
-if ARGV[1] ~= '' then redis.call('HSET', dedup, ARGV[1], n) end
-redis.call('HSET', meta, 'updated_at', ARGV[7])
+local n = tonumber(st[4] or '0') + 1
+local name, data = event, ARGV[3]
+redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], n .. '-0', 'e', name, 'd', data, 't', t)
+redis.call('PUBLISH', live, """
+    + LUA_ANNOUNCE
+    + """)
+local set = {'n', n, 'updated_at', ARGV[7]}
 -- The run object counts steps and extracted rows, for dashboards and polls.
-if ARGV[2] == 'step' then
-  redis.call('HINCRBY', meta, 'steps', 1)
-elseif ARGV[2] == 'extract' then
-  redis.call('HINCRBY', meta, 'rows', 1)
+if event == 'step' then
+  set[#set + 1] = 'steps'; set[#set + 1] = tonumber(st[5] or '0') + 1
+elseif event == 'extract' then
+  set[#set + 1] = 'rows'; set[#set + 1] = tonumber(st[6] or '0') + 1
 end
-if ARGV[8] ~= '' then redis.call('HSET', meta, 'pos:' .. ARGV[8], ARGV[10]) end
-keep_for(ARGV[6])
+if seq ~= '' then set[#set + 1] = seq; set[#set + 1] = n end
+if src ~= '' then set[#set + 1] = pos_f; set[#set + 1] = ARGV[10] end
+local now_s = math.floor(tonumber(t) / 1000000)
+local left = tonumber(st[7] or '0') - now_s
+if left < retention * 0.9 or left > retention + 60 then
+  redis.call('EXPIRE', meta, retention)
+  redis.call('EXPIRE', log, retention)
+  redis.call('EXPIRE', dedup, retention)
+  set[#set + 1] = 'exp_at'; set[#set + 1] = string.format('%.0f', now_s + retention)
+end
+redis.call('HSET', meta, unpack(set))
 return {st[1], n, 0}
 """
 )
@@ -223,7 +260,7 @@ if ARGV[4] ~= '' then
   redis.call('HSET', meta, 'terminal', n)
 end
 if ARGV[9] ~= '' then redis.call('HSET', meta, 'pos:' .. ARGV[9], ARGV[11]) end
-keep_for(ARGV[7])
+keep_for(ARGV[7], ARGV[5])
 feed_write(ARGV[12], ARGV[13], ARGV[6], ARGV[7], ARGV[5])
 return {cur[2], n, 0}
 """
@@ -247,7 +284,7 @@ if cur[1] == 'queued' then
   emit(ARGV[4], 'phase', ARGV[1], ARGV[3])
   local n = emit(ARGV[4], 'terminal', ARGV[2], ARGV[3])
   redis.call('HSET', meta, 'phase', 'cancelled', 'updated_at', ARGV[6], 'terminal', n)
-  keep_for(ARGV[5])
+  keep_for(ARGV[5], ARGV[3])
   feed_write(ARGV[7], ARGV[8], ARGV[4], ARGV[5], ARGV[3])
   return {'cancelled', cur[2], n}
 end
@@ -286,7 +323,7 @@ local function hold(worker, lease_ms, running, t, maxlen, retention, updated_at,
              'lease_until', string.format('%.0f', now_ms() + tonumber(lease_ms)))
   emit(maxlen, 'phase', running, t)
   redis.call('HSET', meta, 'phase', 'running', 'updated_at', updated_at)
-  keep_for(retention)
+  keep_for(retention, t)
   feed_write(run_id, fe, maxlen, retention, t)
   return fence
 end
@@ -387,7 +424,7 @@ if terminal_phases[cur[1]] then return {'terminal'} end
 if cur[1] == 'running' then
   emit(ARGV[4], 'phase', ARGV[2], ARGV[3])
   redis.call('HSET', meta, 'phase', 'recovering', 'updated_at', ARGV[6])
-  keep_for(ARGV[5])
+  keep_for(ARGV[5], ARGV[3])
   feed_write(ARGV[7], ARGV[8], ARGV[4], ARGV[5], ARGV[3])
 end
 redis.call('HINCRBY', meta, 'fence', 1)

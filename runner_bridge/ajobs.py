@@ -16,7 +16,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from runlog.calls import claim_result, keepalive_result, release_result, seq_field
 from runlog.errors import ClaimLost, RunNotFound
-from runlog.keys import dedup_key
+from runlog.keys import dedup_key, meta_key
 from runlog.phases import is_terminal
 
 from .bridge import AsyncRunHandle
@@ -60,7 +60,11 @@ class AsyncClaimedRun(AsyncRunHandle):
 
     async def published(self, seq: int) -> bool:
         """True when row ``seq`` was already written (by this holder or an earlier one)."""
-        return bool(await self._bridge.client.hexists(dedup_key(self.run_id), seq_field(seq)))
+        client, field = self._bridge.client, seq_field(seq)
+        if await client.hexists(meta_key(self.run_id), field):
+            return True
+        # A run created before the records moved into meta may hold older ones in dedup.
+        return bool(await client.hexists(dedup_key(self.run_id), field))
 
     async def set_phase(self, phase: str, *, halt_class: str | None = None) -> str:
         """Move the run under the claim; a terminal move also takes it off the queue."""

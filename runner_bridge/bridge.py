@@ -210,8 +210,12 @@ class Bridge:
         return script
 
     def close(self) -> None:
-        """Close the Redis client."""
+        """Close the Redis client, and the pool it was given (``close`` alone leaves a pool
+        it did not create connected)."""
         self.client.close()
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect()
 
     def __enter__(self) -> Self:
         return self

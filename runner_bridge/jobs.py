@@ -16,7 +16,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from runlog.calls import claim_result, keepalive_result, release_result, seq_field
 from runlog.errors import ClaimLost, RunNotFound
-from runlog.keys import dedup_key
+from runlog.keys import dedup_key, meta_key
 from runlog.phases import is_terminal
 
 from .bridge import RunHandle
@@ -61,7 +61,11 @@ class ClaimedRun(RunHandle):
 
     def published(self, seq: int) -> bool:
         """True when row ``seq`` was already written (by this holder or an earlier one)."""
-        return bool(self._bridge.client.hexists(dedup_key(self.run_id), seq_field(seq)))
+        client, field = self._bridge.client, seq_field(seq)
+        if client.hexists(meta_key(self.run_id), field):
+            return True
+        # A run created before the records moved into meta may hold older ones in dedup.
+        return bool(client.hexists(dedup_key(self.run_id), field))
 
     def set_phase(self, phase: str, *, halt_class: str | None = None) -> str:
         """Move the run under the claim; a terminal move also takes it off the queue."""

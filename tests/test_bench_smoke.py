@@ -16,8 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {
-    "fanout", "fanout_asyncio", "idle", "hot_run", "replay_storm", "redis_per_pod", "bridge",
-    "tail", "runs", "webhooks",
+    "fanout", "fanout_asyncio", "idle", "hot_run", "hot_run_10k", "replay_storm",
+    "redis_per_pod", "bridge", "tail", "runs", "webhooks",
 }
 # The keys each scenario's figures must carry (the table is built from them).
 FIGURES = {
@@ -25,9 +25,10 @@ FIGURES = {
     "fanout_asyncio": ["cpu_us_per_event", "p99_ms"],
     "idle": ["rss_kib_per_conn", "idle_service_cpu_pct"],
     "hot_run": ["p99_ms", "delivered_per_s"],
+    "hot_run_10k": ["p99_ms", "delivered_per_s"],
     "replay_storm": ["events_per_s", "service_us_per_event"],
     "redis_per_pod": ["service_cmds_per_event_w1", "service_cmds_per_event_w10",
-                      "service_conns_w1", "service_conns_w10"],
+                      "service_conns_w1", "service_conns_w10", "append_cmds_per_event"],
     "bridge": ["pipelined_appends_per_s", "sequential_appends_per_s"],
     "tail": ["measured"],
     "runs": ["submits_per_s", "polls_per_s", "submit_p99_ms", "poll_p99_ms"],
