@@ -113,6 +113,7 @@ def test_stream_doc_names_every_error_of_the_events_endpoint() -> None:
     raised = [
         value for value in vars(views).values()
         if isinstance(value, type) and issubclass(value, errors.ApiError)
+        and value is not errors.ApiError  # the base, imported to let API errors through
     ]
     assert len(raised) >= 5
     text = (DOCS / "stream.md").read_text()
