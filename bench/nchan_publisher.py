@@ -17,28 +17,20 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .publisher import PAD, TICK_S
+from .pacing import PacedLoop
+from .publisher import PAD
 from .worker import run, serve
 
 CONNECTIONS = 32
 
 
-class NchanPublisher:
-    """Per-run sequence numbers and the paced loop, over one aiohttp session."""
+class NchanPublisher(PacedLoop):
+    """Per-run sequence numbers and the paced loop, posting over one aiohttp session."""
 
     def __init__(self, port: int) -> None:
+        super().__init__()
         self.base = f"http://127.0.0.1:{port}/pub/"
         self.session: aiohttp.ClientSession | None = None
-        self.seq: dict[str, int] = {}
-        self.rate = 0.0
-        self.stopping = False
-        self.task: asyncio.Task[None] | None = None
-        self.sent = 0
-        self.shed = 0
-        self.max_pipeline = 0
-        self.started = 0.0
-        self.win_sent = 0
-        self.win_t0 = 0.0
 
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None:
@@ -74,64 +66,11 @@ class NchanPublisher:
             await self._post(run_id, "phase", orjson.dumps({"phase": phase}))
         return {"epochs": {r: "nchan" for r in runs}}
 
-    async def _pace(self, runs: list[str]) -> None:
-        last = time.perf_counter()
-        owed = 0.0
-        turn = 0
-        while not self.stopping:
-            now = time.perf_counter()
-            owed += self.rate * (now - last)
-            last = now
-            cap = max(1.0, self.rate * 0.25)
-            if owed > cap:
-                self.shed += int(owed - cap)
-                owed = cap
-            due = int(owed)
-            if due:
-                per_run: dict[str, int] = {}
-                for _ in range(due):
-                    run_id = runs[turn % len(runs)]
-                    turn += 1
-                    per_run[run_id] = per_run.get(run_id, 0) + 1
-                await asyncio.gather(*(self._post_rows(r, k) for r, k in per_run.items()))
-                owed -= due
-                self.sent += due
-                self.win_sent += due
-                self.max_pipeline = max(self.max_pipeline, due)
-            await asyncio.sleep(max(0.0, TICK_S - (time.perf_counter() - now)))
-
-    async def op_start(self, runs: list[str], rate: float) -> dict[str, Any]:
-        self.rate = rate
-        self.stopping = False
-        self.sent = 0
-        self.shed = 0
-        self.started = time.perf_counter()
-        self.task = asyncio.get_running_loop().create_task(self._pace(list(runs)))
-        return {}
-
-    async def op_set_rate(self, rate: float) -> dict[str, Any]:
-        self.rate = rate
-        return {}
-
-    async def op_window_start(self) -> dict[str, Any]:
-        self.win_sent = 0
-        self.win_t0 = time.perf_counter()
-        return {}
-
-    async def op_window_end(self) -> dict[str, Any]:
-        wall = time.perf_counter() - self.win_t0
-        return {"sent": self.win_sent, "wall_s": wall, "rate": self.win_sent / wall,
-                "shed": self.shed}
-
-    async def op_stop(self) -> dict[str, Any]:
-        self.stopping = True
-        if self.task is not None:
-            await self.task
-            self.task = None
-        elapsed = time.perf_counter() - self.started
-        return {"sent": self.sent, "rate": self.sent / elapsed if elapsed > 0 else 0.0,
-                "shed": self.shed, "max_pipeline": self.max_pipeline,
-                "last_seq": dict(self.seq)}
+    async def send(self, run_ids: list[str]) -> None:
+        per_run: dict[str, int] = {}
+        for run_id in run_ids:
+            per_run[run_id] = per_run.get(run_id, 0) + 1
+        await asyncio.gather(*(self._post_rows(r, k) for r, k in per_run.items()))
 
     async def op_finish(self, runs: list[str]) -> dict[str, Any]:
         """The terminal event to every run's subscribers."""
