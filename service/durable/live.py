@@ -42,13 +42,18 @@ class Reader:
 
     async def wait(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for a change (or the connection's loss)."""
-        if self.changes or self.lost:
-            return True
-        try:
-            await asyncio.wait_for(self.signal.wait(), seconds)
-        except TimeoutError:
-            return False
+        return await wait_signal(self.signal, bool(self.changes or self.lost), seconds)
+
+
+async def wait_signal(signal: asyncio.Event, ready: bool, seconds: float) -> bool:
+    """True at once when ``ready``, else once ``signal`` is set within ``seconds``."""
+    if ready:
         return True
+    try:
+        await asyncio.wait_for(signal.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 class Tail:

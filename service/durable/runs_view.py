@@ -27,6 +27,7 @@ from ..store import Entry, RunState
 from . import protocol as p
 from .access import tenant_of
 from .errors import BadRequest, StreamGone, StreamNotFound
+from .live import wait_signal
 from .reads import CACHEABLE, live_mode
 from .sse import DRAIN_TIMEOUT_S, control_event, data_event
 
@@ -199,13 +200,8 @@ class _Tap:
         return ready, False
 
     async def wait(self, seconds: float) -> bool:
-        if self.events or self.lost:
-            return True
-        try:
-            await asyncio.wait_for(self.signal.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+        """Wait up to ``seconds`` for an event (or the connection's loss)."""
+        return await wait_signal(self.signal, bool(self.events or self.lost), seconds)
 
     def close(self) -> None:
         if self.feed is not None:
